@@ -1,0 +1,1 @@
+"""Acquisition: LSL streams in, clock-corrected spikes out."""

@@ -1,0 +1,1 @@
+"""Alignment: spike counts per unit in a response window after each onset."""

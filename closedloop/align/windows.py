@@ -1,0 +1,85 @@
+"""Count each unit's spikes in a response window after every stimulus onset."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Response:
+    """Spike counts of every unit for one presentation."""
+
+    index: int
+    onset: float  # s, acquisition clock (LSL local clock of the stimulus PC)
+    counts: np.ndarray  # (units,) spikes in [onset + start, onset + end)
+    info: dict = field(default_factory=dict)  # what the presenter attached
+
+
+class ResponseAligner:
+    """Collects onsets and spikes; hands out a presentation's counts once its window closed.
+
+    Thread-safe: onsets come from the presentation loop, spikes from the
+    ingestion thread.
+
+    Parameters
+    ----------
+    units : list of (channel, unit)
+        The recorded units, in the order of the counts.
+    start, end : float
+        Response window in seconds after onset.
+    """
+
+    def __init__(self, units: list[tuple[int, int]], start: float, end: float):
+        self._unit_of = {tuple(u): i for i, u in enumerate(units)}
+        self.n_units = len(units)
+        self.start, self.end = start, end
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, float, dict]] = []
+        self._times = np.zeros(0)
+        self._units = np.zeros(0, dtype=int)
+        self.unknown_spikes = 0  # spikes from (channel, unit) pairs not in the rig
+
+    def add_onset(self, index: int, onset: float, info: dict | None = None) -> None:
+        """Register presentation ``index`` shown at ``onset`` (seconds)."""
+        with self._lock:
+            self._pending.append((index, onset, info or {}))
+
+    def add_spikes(self, times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> None:
+        """Add spikes (times in seconds on the acquisition clock, corrected)."""
+        idx = np.array([self._unit_of.get((c, u), -1) for c, u in zip(channels.tolist(), units.tolist())],
+                       dtype=int)
+        known = idx >= 0
+        with self._lock:
+            self.unknown_spikes += int((~known).sum())
+            self._times = np.concatenate([self._times, np.asarray(times, float)[known]])
+            self._units = np.concatenate([self._units, idx[known]])
+
+    def complete(self, now: float) -> list[Response]:
+        """Responses whose window ended before acquisition time ``now``, oldest first."""
+        with self._lock:
+            done = [p for p in self._pending if p[1] + self.end <= now]
+            if not done:
+                return []
+            self._pending = [p for p in self._pending if p[1] + self.end > now]
+            responses = [self._count(*p) for p in done]
+            # Future onsets are at least ``now - end`` (they are registered just after their flip).
+            oldest = min((p[1] for p in self._pending), default=now - self.end)
+            self._forget_before(oldest + self.start)
+        return responses
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _count(self, index: int, onset: float, info: dict) -> Response:
+        inside = (self._times >= onset + self.start) & (self._times < onset + self.end)
+        counts = np.bincount(self._units[inside], minlength=self.n_units)
+        return Response(index, onset, counts, info)
+
+    def _forget_before(self, t: float) -> None:
+        keep = self._times >= t
+        self._times, self._units = self._times[keep], self._units[keep]

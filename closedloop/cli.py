@@ -1,0 +1,155 @@
+"""The ``closedloop`` command line."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from closedloop.config import load_protocol, load_rig
+from closedloop.errors import ClosedLoopError
+
+PROJECT = Path(__file__).resolve().parent.parent
+console = Console(stderr=True)
+
+
+class _Command(click.Group):
+    """Turns a ClosedLoopError into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ClosedLoopError as exc:
+            click.echo(f"closedloop: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Command)
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+def main(verbose: bool) -> None:
+    """Closed-loop visual neurophysiology: present, acquire, model, select, record."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _session_dir(out: Path, name: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return out / f"{stamp}_{name}"
+
+
+def _progress_table(progress, title: str) -> Table:
+    table = Table(title=title, show_header=False, box=None)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    table.add_row("presented", f"{progress.presented}/{progress.total}")
+    table.add_row("responses", str(progress.responses))
+    table.add_row("deadline misses", str(progress.deadline_misses))
+    table.add_row("dropped frames", str(progress.dropped_frames))
+    table.add_row("model cores trained", str(progress.core_version))
+    table.add_row("held-out r (observed)", fmt(progress.r_observed))
+    table.add_row("held-out r (true rates)", fmt(progress.r_true))
+    return table
+
+
+def _run(protocol, rig, out: Path, title: str) -> dict:
+    from closedloop.loop import run_session
+
+    session = _session_dir(out, protocol.protocol.name)
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        summary = run_session(protocol, rig, session,
+                              on_progress=lambda p: live.update(_progress_table(p, title)))
+    console.print(f"session recorded in {session}")
+    return summary
+
+
+@main.command()
+@click.argument("protocol", type=click.Path(path_type=Path))
+@click.option("--rig", "rig_path", required=True, type=click.Path(path_type=Path), help="Rig file (TOML).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("sessions"), show_default=True,
+              help="Directory that receives the session directory.")
+@click.option("--strategy", default=None, help="Override the protocol's selection strategy.")
+def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None) -> None:
+    """Run PROTOCOL on a rig; prints the session summary as JSON."""
+    import json
+
+    proto = _with_strategy(load_protocol(protocol), strategy)
+    summary = _run(proto, load_rig(rig_path), out, f"{proto.protocol.name} ({proto.selection.strategy})")
+    click.echo(json.dumps(summary, indent=2))
+
+
+def _with_strategy(protocol, strategy: str | None):
+    """The protocol with another selection strategy (validated)."""
+    if strategy is None:
+        return protocol
+    from closedloop.select.strategies import make_strategy
+
+    make_strategy(strategy)
+    selection = protocol.selection.model_copy(update={"strategy": strategy})
+    return protocol.model_copy(update={"selection": selection})
+
+
+@main.command()
+@click.option("--rig", "rig_path", required=True, type=click.Path(path_type=Path), help="Simulated rig file.")
+@click.option("--stimuli", required=True, type=click.Path(path_type=Path),
+              help="Stimulus file (.npz, as written to a session's stimuli.npz).")
+def simulate(rig_path: Path, stimuli: Path) -> None:
+    """Simulated acquisition: answer the marker stream with Poisson spikes over LSL."""
+    from closedloop.simulate.rig import SpikeSimulator
+    from closedloop.stimuli import StimulusPool
+
+    rig = load_rig(rig_path)
+    if not rig.rig.simulated:
+        raise ClosedLoopError(f"rig file {rig_path}: field 'rig.simulated': this rig is not simulated")
+    simulator = SpikeSimulator(rig, StimulusPool.load(stimuli))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"simulating {simulator.n} neurons on LSL stream {rig.spikes.name!r}")
+    try:
+        simulator.run(stop)
+    except KeyboardInterrupt:
+        pass
+    console.print(f"sent {simulator.spikes_sent} spikes; unknown stimuli: {simulator.unknown_stimuli}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("sessions"), show_default=True)
+@click.option("--protocol", "protocol_path", type=click.Path(path_type=Path),
+              default=PROJECT / "protocols" / "demo.toml", show_default=True)
+@click.option("--rig", "rig_path", type=click.Path(path_type=Path),
+              default=PROJECT / "rigs" / "sim.toml", show_default=True)
+def demo(out: Path, protocol_path: Path, rig_path: Path) -> None:
+    """The closed loop on the simulated rig: model-chosen images against random ones."""
+    protocol, rig = load_protocol(protocol_path), load_rig(rig_path)
+    summaries = [
+        _run(_with_strategy(protocol, strategy), rig, out, f"demo: {strategy}")
+        for strategy in dict.fromkeys([protocol.selection.strategy, "random"])
+    ]
+    console.print(comparison_table(summaries))
+
+
+def comparison_table(summaries: list[dict]) -> Table:
+    """One row per session and unit: drive and held-out accuracy."""
+    table = Table(title="model-chosen vs random images")
+    for column in ("strategy", "unit", "mean spikes (chosen)", "held-out r (observed)",
+                   "held-out r (true)", "misses", "turnaround ms (median)"):
+        table.add_column(column)
+    for s in summaries:
+        chosen = s["mean_counts"].get("chosen", [None] * len(s["units"]))
+        r_obs = s["heldout_r_observed"] or [None] * len(s["units"])
+        r_true = s["heldout_r_true"] or [None] * len(s["units"])
+        for u, name in enumerate(s["units"]):
+            table.add_row(s["strategy"] if u == 0 else "", name, _fmt(chosen[u]), _fmt(r_obs[u]),
+                          _fmt(r_true[u]), str(s["deadline_misses"]) if u == 0 else "",
+                          _fmt(s["turnaround_ms"]["median"]) if u == 0 else "")
+    return table
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,250 @@
+"""Rig and protocol files: TOML, validated on load.
+
+A *rig* file describes the hardware (display, LSL streams, recorded units) or,
+for a simulated rig, the digital-twin neurons that stand in for the animal.
+A *protocol* file describes the experiment (timing, response window, stimulus
+pool, model, selection strategy). Both load into frozen pydantic models; any
+error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from closedloop.errors import ClosedLoopError
+from closedloop.select.strategies import STRATEGIES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------- rig --
+class StreamSpec(_Strict):
+    """An LSL stream pinned by name and type."""
+
+    name: str
+    type: str
+
+
+class DisplaySpec(_Strict):
+    """The stimulus monitor."""
+
+    backend: Literal["auto", "psychopy", "headless"] = "auto"
+    refresh_rate: Annotated[float, Field(gt=0, description="Hz")] = 60.0
+    size_px: tuple[int, int] = (800, 600)
+    fullscreen: bool = False
+    background: Annotated[float, Field(ge=0, le=1)] = 0.5
+    stimulus_px: Annotated[int, Field(gt=0, description="on-screen image size, pixels")] = 224
+
+
+class UnitSpec(_Strict):
+    """One recorded unit: the spike stream's (channel, unit) pair and a name."""
+
+    name: str
+    channel: int
+    unit: int = 1
+
+
+class NeuronSpec(_Strict):
+    """A simulated neuron (or, for a folder of models, several).
+
+    ``kind`` is a built-in V4-like unit (``curvature``, ``dot``,
+    ``orientation``), ``compact`` (a published compact model file, or a folder
+    of them), or ``onnx`` (a model mapping a batch of images to rates).
+    Extra keys are the unit's parameters (see ``closedloop.simulate.neurons``).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: Literal["curvature", "dot", "orientation", "compact", "onnx"]
+    name: str | None = None
+    path: Path | None = None
+    limit: Annotated[int | None, Field(gt=0)] = None
+
+    @model_validator(mode="after")
+    def _path_for_models(self) -> NeuronSpec:
+        if self.kind in ("compact", "onnx") and self.path is None:
+            raise ValueError(f"a {self.kind!r} neuron needs a 'path'")
+        return self
+
+
+class SimulationSpec(_Strict):
+    """How simulated neurons turn images into spikes.
+
+    A neuron's model output ``y`` on an image is z-scored over the calibration
+    images (the session's stimulus pool), ``z = (y - mean) / std``; its driven
+    rate is ``mean_rate * exp(gain * z) / mean_cal(exp(gain * z))`` spikes/s,
+    capped at ``max_rate``. While the image is on screen (delayed by
+    ``latency``) the neuron fires at that rate, otherwise at ``baseline_rate``.
+    """
+
+    seed: int = 0
+    latency: Annotated[float, Field(ge=0, description="s")] = 0.05
+    baseline_rate: Annotated[float, Field(ge=0, description="spikes/s")] = 4.0
+    mean_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 24.0
+    gain: Annotated[float, Field(gt=0)] = 1.0
+    max_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 200.0
+    calibration_images: Annotated[int, Field(gt=1)] = 256
+    neurons: list[NeuronSpec] = Field(min_length=1)
+
+
+class RigInfo(_Strict):
+    name: str
+    simulated: bool = False
+
+
+class Rig(_Strict):
+    """A validated rig file."""
+
+    rig: RigInfo
+    display: DisplaySpec = DisplaySpec()
+    markers: StreamSpec = StreamSpec(name="closedloop-markers", type="Markers")
+    spikes: StreamSpec = StreamSpec(name="closedloop-spikes", type="Spikes")
+    resolve_timeout: Annotated[float, Field(gt=0, description="s")] = 10.0
+    max_latency: Annotated[
+        float, Field(ge=0, description="s; longest delay of a spike on the network")
+    ] = 0.05
+    units: list[UnitSpec] = []
+    simulation: SimulationSpec | None = None
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _units_or_simulation(self) -> Rig:
+        if self.rig.simulated and self.simulation is None:
+            raise ValueError("a simulated rig needs a [simulation] table")
+        if not self.rig.simulated and not self.units:
+            raise ValueError("a rig needs at least one [[units]] entry")
+        return self
+
+
+# ---------------------------------------------------------------- protocol --
+class WindowSpec(_Strict):
+    """Response window, seconds after stimulus onset."""
+
+    start: Annotated[float, Field(ge=0)] = 0.05
+    end: Annotated[float, Field(gt=0)] = 0.15
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowSpec:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class PoolSpec(_Strict):
+    """Candidate pool: how many images of each generated family."""
+
+    size_px: Annotated[int, Field(ge=16)] = 112
+    families: dict[str, Annotated[int, Field(ge=0)]] = {
+        "contour": 400,
+        "dot": 300,
+        "grating": 300,
+        "texture": 300,
+    }
+
+
+class ModelSpec(_Strict):
+    """The online compact-CNN ensemble."""
+
+    members: Annotated[int, Field(ge=2)] = 5
+    input_px: Annotated[int, Field(ge=16)] = 48
+    channels: tuple[int, int, int, int, int] = (8, 16, 16, 16, 16)
+    learning_rate: Annotated[float, Field(gt=0)] = 3e-3
+    steps_per_update: Annotated[int, Field(ge=1)] = 40
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    threads: Annotated[int, Field(ge=1)] = 1
+
+
+class ProtocolInfo(_Strict):
+    name: str
+    seed: int = 0
+    presentations: Annotated[int, Field(gt=0)] = 300
+    on_frames: Annotated[int, Field(gt=0)] = 6
+    off_frames: Annotated[int, Field(ge=1)] = 4
+
+
+class SelectionSpec(_Strict):
+    """How the next images are chosen."""
+
+    strategy: str = "disagreement"
+    warmup: Annotated[int, Field(ge=0, description="responses before the model chooses")] = 30
+    batch: Annotated[int, Field(ge=1, description="images per decision")] = 4
+    control_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    no_repeat: Annotated[int, Field(ge=0, description="presentations before an image may return")] = 50
+
+    @model_validator(mode="after")
+    def _known_strategy(self) -> SelectionSpec:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}"
+            )
+        return self
+
+
+class HeldoutSpec(_Strict):
+    """Held-out images: shown for accuracy, never trained on nor selected."""
+
+    images: Annotated[int, Field(ge=3)] = 30
+    every: Annotated[int, Field(ge=2, description="every n-th presentation is held out")] = 5
+
+
+class Protocol(_Strict):
+    """A validated protocol file."""
+
+    protocol: ProtocolInfo
+    window: WindowSpec = WindowSpec()
+    pool: PoolSpec = PoolSpec()
+    model: ModelSpec = ModelSpec()
+    selection: SelectionSpec = SelectionSpec()
+    heldout: HeldoutSpec = HeldoutSpec()
+    source: Path | None = Field(default=None, exclude=True)
+
+
+# ------------------------------------------------------------------ loading --
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"field '{field}': {first['msg']}"
+
+
+def _load(path: Path | str, model: type[BaseModel], what: str):
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClosedLoopError(f"{what} file {path}: not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ClosedLoopError(f"{what} file {path}: not valid TOML ({exc})") from None
+    try:
+        return model.model_validate({**data, "source": path.resolve()})
+    except ValidationError as exc:
+        raise ClosedLoopError(f"{what} file {path}: {_describe(exc)}") from None
+
+
+def load_rig(path: Path | str) -> Rig:
+    """Load and validate a rig file; relative model paths resolve against it."""
+    rig = _load(path, Rig, "rig")
+    if rig.simulation is not None:
+        base = rig.source.parent
+        neurons = [
+            n.model_copy(update={"path": (base / n.path).resolve()}) if n.path else n
+            for n in rig.simulation.neurons
+        ]
+        rig = rig.model_copy(
+            update={"simulation": rig.simulation.model_copy(update={"neurons": neurons})}
+        )
+    return rig
+
+
+def load_protocol(path: Path | str) -> Protocol:
+    """Load and validate a protocol file."""
+    return _load(path, Protocol, "protocol")
+
+
+def to_jsonable(config: BaseModel) -> dict:
+    """The resolved configuration as plain JSON types (for the session record)."""
+    return config.model_dump(mode="json")

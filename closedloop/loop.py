@@ -1,0 +1,276 @@
+"""The closed loop: present -> acquire -> align -> model -> select -> record.
+
+:func:`run_session` wires the stages together. The presentation loop runs in
+the calling (main) thread and never waits: spikes arrive on an ingestion
+thread, the model learns and chooses in a worker process, the session writer
+appends on its own thread. When the model has not delivered the next image in
+time, a random fallback image is shown and the miss is counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pylsl
+
+from closedloop.acquire.spikes import SpikeInlet
+from closedloop.acquire.streams import resolve_stream
+from closedloop.align.windows import ResponseAligner
+from closedloop.config import Protocol, Rig, UnitSpec, to_jsonable
+from closedloop.errors import ClosedLoopError
+from closedloop.model.worker import ModelWorker, WorkerConfig
+from closedloop.present import open_presenter
+from closedloop.present.markers import MarkerOutlet
+from closedloop.record import SessionWriter
+from closedloop.stimuli import StimulusPool, generate_pool
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_START = 120.0  # s allowed for the simulator process to load its neurons
+
+
+@dataclass
+class Progress:
+    """Live state of a running session, for displays."""
+
+    total: int
+    presented: int = 0
+    responses: int = 0
+    deadline_misses: int = 0
+    dropped_frames: int = 0
+    core_version: int = 0
+    r_observed: float | None = None
+    r_true: float | None = None
+    turnaround_ms: list[float] = field(default_factory=list)
+    final_accuracy: dict = field(default_factory=dict)
+
+
+def session_units(rig: Rig) -> list[UnitSpec]:
+    """The units whose spikes are counted: the rig's, or one per simulated neuron."""
+    if rig.rig.simulated:
+        from closedloop.simulate.rig import simulated_units
+
+        return simulated_units(rig)
+    return list(rig.units)
+
+
+def split_pool(pool_size: int, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (candidate, held-out) pool indices, drawn reproducibly."""
+    if heldout >= pool_size:
+        raise ClosedLoopError(f"protocol: heldout.images ({heldout}) must be below the pool size ({pool_size})")
+    order = np.random.default_rng(seed).permutation(pool_size)
+    return np.sort(order[heldout:]), np.sort(order[:heldout])
+
+
+def _median(values: list[float | None]) -> float | None:
+    valid = [v for v in values if v is not None]
+    return float(np.median(valid)) if valid else None
+
+
+def start_simulator(rig_path: Path, stimuli_path: Path, log_path: Path) -> subprocess.Popen:
+    """``closedloop simulate`` as a child process; its output goes to ``log_path``."""
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "closedloop", "simulate", "--rig", str(rig_path),
+             "--stimuli", str(stimuli_path)],
+            stdout=out, stderr=subprocess.STDOUT)
+
+
+def _resolve_spikes(rig: Rig, simulator: subprocess.Popen | None, log_path: Path) -> pylsl.StreamInfo:
+    """Resolve the spike stream; with a simulator, wait for it to start (or fail)."""
+    if simulator is None:
+        return resolve_stream(rig.spikes, rig.resolve_timeout)
+    deadline = time.monotonic() + SIMULATOR_START
+    while True:
+        try:
+            return resolve_stream(rig.spikes, 1.0)
+        except ClosedLoopError:
+            if simulator.poll() is not None:
+                lines = log_path.read_text().strip().splitlines() or ["(no output)"]
+                raise ClosedLoopError(f"simulator exited with status {simulator.returncode}: {lines[-1]}") from None
+            if time.monotonic() > deadline:
+                raise
+
+
+class _Schedule:
+    """Which kind of image each presentation shows."""
+
+    def __init__(self, protocol: Protocol, candidates: np.ndarray, heldout: np.ndarray):
+        self.every = protocol.heldout.every
+        self.control = protocol.selection.control_fraction
+        self.rng = np.random.default_rng(protocol.protocol.seed + 2)
+        self.candidates = candidates
+        self.heldout = self.rng.permutation(heldout)
+        self.queue: deque[int] = deque()
+
+    def next(self, i: int) -> tuple[str, int]:
+        """(role, pool index) for presentation ``i``."""
+        if i % self.every == self.every - 1:
+            return "heldout", int(self.heldout[(i // self.every) % len(self.heldout)])
+        if self.rng.random() < self.control:
+            return "control", int(self.rng.choice(self.candidates))
+        if self.queue:
+            return "chosen", self.queue.popleft()
+        return "fallback", int(self.rng.choice(self.candidates))
+
+
+def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
+                on_progress: Callable[[Progress], None] | None = None) -> dict:
+    """Run one closed-loop session and return its summary.
+
+    Parameters
+    ----------
+    protocol, rig : Protocol, Rig
+        Validated configuration (see ``closedloop.config``).
+    session_dir : Path
+        Directory to create; everything recorded goes there.
+    on_progress : callable, optional
+        Called with a :class:`Progress` after every presentation.
+    """
+    p = protocol.protocol
+    units = session_units(rig)
+    pool = generate_pool(protocol.pool.families, protocol.pool.size_px, p.seed)
+    candidates, heldout = split_pool(len(pool), protocol.heldout.images, p.seed)
+    writer = SessionWriter(session_dir, to_jsonable(protocol), {**to_jsonable(rig), "recorded_units":
+                           [u.model_dump() for u in units]}, pool)
+    stimuli_path = session_dir / "stimuli.npz"
+    progress = Progress(total=p.presentations)
+    summary: dict = {"status": "aborted", "session": str(session_dir)}
+    simulator = worker = inlet = presenter = None
+    started = time.monotonic()
+    try:
+        markers = MarkerOutlet(rig.markers, source_id=f"closedloop-markers-{session_dir.name}")
+        if rig.rig.simulated:
+            simulator = start_simulator(rig.source, stimuli_path, session_dir / "simulator.log")
+        spike_info = _resolve_spikes(rig, simulator, session_dir / "simulator.log")
+
+        worker = ModelWorker(WorkerConfig(
+            pool_path=stimuli_path, units=len(units), model=protocol.model, selection=protocol.selection,
+            candidates=tuple(candidates.tolist()), heldout=tuple(heldout.tolist()), seed=p.seed,
+            truth=rig.simulation if rig.rig.simulated else None))
+        model_info = worker.start()
+
+        aligner = ResponseAligner([(u.channel, u.unit) for u in units],
+                                  protocol.window.start, protocol.window.end)
+
+        def on_spikes(times, channels, unit_ids):
+            aligner.add_spikes(times, channels, unit_ids)
+            writer.spikes(times, channels, unit_ids)
+
+        def on_tick(now):
+            for r in aligner.complete(now):
+                record = {"index": r.index, "onset": r.onset, "counts": r.counts.tolist(), **r.info}
+                writer.log("responses", record)
+                worker.send_response(r.info["pool_index"], r.counts, r.info["role"] == "heldout",
+                                     pylsl.local_clock())
+                progress.responses += 1
+
+        inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency)
+        inlet.start()
+        presenter = open_presenter(rig.display, markers)
+        schedule = _Schedule(protocol, candidates, heldout)
+
+        for i in range(p.presentations):
+            _handle_worker(worker.messages(), schedule, writer, progress)
+            if inlet.error is not None:
+                raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
+            role, index = schedule.next(i)
+            if role == "fallback":
+                progress.deadline_misses += 1
+                writer.log("events", {"kind": "deadline_miss", "index": i, "time": pylsl.local_clock()})
+                log.warning("presentation %d: the model had no image ready; showing a random fallback", i)
+            sid = pool.ids[index]
+            timing = presenter.present(pool.images[index], i, sid, p.on_frames, p.off_frames)
+            info = {"stimulus": sid, "pool_index": index, "role": role}
+            aligner.add_onset(i, timing.onset, info)
+            writer.log("markers", {"index": i, **info, "onset": timing.onset, "offset": timing.offset,
+                                   "dropped_frames": timing.dropped_frames,
+                                   "frame_intervals": timing.frame_intervals})
+            progress.presented += 1
+            progress.dropped_frames += timing.dropped_frames
+            if on_progress:
+                on_progress(progress)
+
+        _drain(aligner, protocol, rig)
+        final = worker.stop()
+        _handle_worker(final, schedule, writer, progress)
+        summary = _summary(protocol, rig, units, session_dir, progress, model_info,
+                           time.monotonic() - started, inlet, aligner)
+        if on_progress:
+            on_progress(progress)
+        return summary
+    finally:
+        if presenter is not None:
+            presenter.close()
+        if inlet is not None:
+            inlet.stop()
+        if worker is not None and worker.process.is_alive():
+            worker.process.terminate()
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=10)
+        writer.close(summary)
+
+
+def _drain(aligner: ResponseAligner, protocol: Protocol, rig: Rig) -> None:
+    """Wait (bounded) for the last response windows to close."""
+    deadline = time.monotonic() + protocol.window.end + rig.max_latency + 2.0
+    while aligner.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progress: Progress) -> None:
+    for kind, payload in messages:
+        if kind == "choice":
+            schedule.queue = deque(payload["chosen"])
+            writer.log("selections", {"time": pylsl.local_clock(), **payload})
+            progress.turnaround_ms.append(payload["turnaround_ms"])
+            progress.core_version = payload["core_version"]
+        elif kind in ("accuracy", "stopped"):
+            writer.log("accuracy", {"time": pylsl.local_clock(), **payload})
+            progress.r_observed = _median(payload["r_observed"])
+            progress.r_true = _median(payload.get("r_true", []))
+            progress.final_accuracy = payload
+        elif kind == "error":
+            writer.log("events", {"kind": "model_error", "detail": payload})
+            raise ClosedLoopError(f"model worker failed: {payload.strip().splitlines()[-1]}")
+
+
+def _summary(protocol, rig, units, session_dir, progress, model_info, duration, inlet, aligner) -> dict:
+    from closedloop.record import read_session
+
+    record = read_session(session_dir)  # what is on disk is what we summarise
+    counts = {}
+    for r in record.responses:
+        counts.setdefault(r["role"], []).append(r["counts"])
+    final = progress.final_accuracy
+    turnaround = np.array(progress.turnaround_ms[1:] or [np.nan])
+    return {
+        "status": "complete",
+        "session": str(session_dir),
+        "protocol": protocol.protocol.name,
+        "rig": rig.rig.name,
+        "strategy": protocol.selection.strategy,
+        "duration_s": round(duration, 2),
+        "presentations": progress.presented,
+        "responses": len(record.responses),
+        "deadline_misses": progress.deadline_misses,
+        "dropped_frames": progress.dropped_frames,
+        "spikes": int(inlet.received),
+        "unknown_spikes": aligner.unknown_spikes,
+        "units": [u.name for u in units],
+        "parameters_per_member": model_info["parameters_per_member"],
+        "mean_counts": {role: np.mean(c, axis=0).round(3).tolist() for role, c in counts.items()},
+        "heldout_r_observed": final.get("r_observed"),
+        "heldout_r_true": final.get("r_true"),
+        "turnaround_ms": {"median": float(np.nanmedian(turnaround)),
+                          "p99": float(np.nanpercentile(turnaround, 99))},
+    }

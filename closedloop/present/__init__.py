@@ -1,0 +1,5 @@
+"""Presentation: show images frame-accurately and publish onsets as LSL markers."""
+
+from closedloop.present.base import Presenter, Timing, open_presenter
+
+__all__ = ["Presenter", "Timing", "open_presenter"]

@@ -1,0 +1,1 @@
+"""Selection: strategies that choose the next images from the candidate pool."""

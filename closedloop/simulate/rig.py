@@ -1,0 +1,132 @@
+"""The simulated acquisition system: markers in, Poisson spikes out, over real LSL.
+
+It resolves the stimulus marker stream, looks up each shown stimulus by its
+id in the stimulus file, and makes every simulated neuron fire at its driven
+rate from ``onset + latency`` to ``offset + latency`` and at its baseline rate
+otherwise. Each spike is one (channel, unit) sample stamped at its spike time.
+Neuron ``i`` (in rig order, after folders expand) is channel ``i + 1``, unit 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+
+from closedloop.acquire.streams import resolve_stream, spike_stream_info
+from closedloop.config import Rig, UnitSpec
+from closedloop.present.markers import parse_marker
+from closedloop.stimuli import StimulusPool
+
+log = logging.getLogger(__name__)
+
+STEP = 0.002  # s between spike batches
+
+
+def simulated_units(rig: Rig) -> list[UnitSpec]:
+    """The units a simulated rig records: one per neuron, channel i + 1, unit 1."""
+    from closedloop.simulate.neurons import neuron_names
+
+    return [UnitSpec(name=name, channel=i + 1, unit=1)
+            for i, name in enumerate(neuron_names(rig.simulation))]
+
+
+@dataclass
+class _Episode:
+    """A stimulus driving the neurons from ``start`` until ``end`` (s, local clock)."""
+
+    index: int
+    start: float
+    rates: np.ndarray  # spikes/s per neuron
+    end: float = np.inf
+
+
+class SpikeSimulator:
+    """Turns markers into spikes for the neurons of a simulated rig.
+
+    Parameters
+    ----------
+    rig : Rig
+        A rig with a ``[simulation]`` table.
+    pool : StimulusPool
+        The stimuli the presenter may show; also the calibration images.
+    """
+
+    def __init__(self, rig: Rig, pool: StimulusPool):
+        from closedloop.simulate.neurons import Population, build_neurons
+
+        self.rig, self.sim, self.pool = rig, rig.simulation, pool
+        self.population = Population(build_neurons(self.sim), self.sim, pool.images)
+        self.n = len(simulated_units(rig))
+        self.rng = np.random.default_rng(self.sim.seed)
+        self._rates: dict[int, np.ndarray] = {}
+        self._episodes: list[_Episode] = []
+        self.unknown_stimuli = 0
+        self.spikes_sent = 0
+        info = spike_stream_info(rig.spikes, source_id=f"closedloop-sim-{rig.rig.name}")
+        self.outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
+
+    def rates(self, pool_index: int) -> np.ndarray:
+        """Driven rates (spikes/s) of every neuron for one stimulus, cached."""
+        if pool_index not in self._rates:
+            self._rates[pool_index] = self.population.rates(self.pool.images[pool_index:pool_index + 1])[0]
+        return self._rates[pool_index]
+
+    def on_marker(self, marker: dict, t: float) -> None:
+        """React to one marker at time ``t`` (s, local clock)."""
+        if marker.get("event") == "onset":
+            try:
+                rates = self.rates(self.pool.index(marker["stimulus"]))
+            except KeyError:
+                self.unknown_stimuli += 1
+                log.warning("unknown stimulus %s in presentation %s: no driven response",
+                            marker.get("stimulus"), marker.get("index"))
+                return
+            for episode in self._episodes:  # a new image ends whatever was on before
+                episode.end = min(episode.end, t + self.sim.latency)
+            self._episodes.append(_Episode(marker["index"], t + self.sim.latency, rates))
+        elif marker.get("event") == "offset":
+            for episode in self._episodes:
+                if episode.index == marker["index"]:
+                    episode.end = t + self.sim.latency
+
+    def spikes_between(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        """Poisson spikes in [t0, t1): sorted times and neuron indices."""
+        edges = sorted({t0, t1, *(e.start for e in self._episodes if t0 < e.start < t1),
+                        *(e.end for e in self._episodes if t0 < e.end < t1)})
+        times, neurons = [], []
+        for a, b in zip(edges[:-1], edges[1:]):
+            rate = np.full(self.n, self.sim.baseline_rate)
+            for e in self._episodes:
+                if e.start <= a and b <= e.end:
+                    rate = e.rates
+            counts = self.rng.poisson(rate * (b - a))
+            neurons.append(np.repeat(np.arange(self.n), counts))
+            times.append(self.rng.uniform(a, b, counts.sum()))
+        times, neurons = np.concatenate(times), np.concatenate(neurons)
+        order = np.argsort(times)
+        self._episodes = [e for e in self._episodes if e.end > t1]
+        return times[order], neurons[order]
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set (or the marker stream is resolved and the process is killed)."""
+        info = resolve_stream(self.rig.markers, self.rig.resolve_timeout)
+        inlet = pylsl.StreamInlet(info, recover=True)
+        inlet.open_stream(timeout=5.0)
+        offset = inlet.time_correction(timeout=5.0)
+        done = pylsl.local_clock()
+        while not stop.is_set():
+            markers, stamps = inlet.pull_chunk(timeout=STEP)
+            for (text,), stamp in zip(markers, stamps):
+                self.on_marker(parse_marker(text), stamp + offset)
+            now = pylsl.local_clock()
+            times, neurons = self.spikes_between(done, now)
+            done = now
+            if len(times):
+                samples = np.column_stack([neurons + 1, np.ones_like(neurons)]).astype(np.int32)
+                self.outlet.push_chunk(samples.tolist(), times.tolist())
+                self.spikes_sent += len(times)
+        inlet.close_stream()
