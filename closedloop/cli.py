@@ -16,9 +16,11 @@ from rich.table import Table
 
 from closedloop.config import load_protocol, load_rig
 from closedloop.errors import ClosedLoopError
+from closedloop.select.strategies import make_strategy
 
 PROJECT = Path(__file__).resolve().parent.parent
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and notes
+results = Console()  # tables the user asked for
 
 
 class _Command(click.Group):
@@ -47,14 +49,13 @@ def _session_dir(out: Path, name: str) -> Path:
 
 def _progress_table(progress, title: str) -> Table:
     table = Table(title=title, show_header=False, box=None)
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     table.add_row("presented", f"{progress.presented}/{progress.total}")
     table.add_row("responses", str(progress.responses))
     table.add_row("deadline misses", str(progress.deadline_misses))
     table.add_row("dropped frames", str(progress.dropped_frames))
     table.add_row("model cores trained", str(progress.core_version))
-    table.add_row("held-out r (observed)", fmt(progress.r_observed))
-    table.add_row("held-out r (true rates)", fmt(progress.r_true))
+    table.add_row("held-out r (observed)", _fmt(progress.r_observed))
+    table.add_row("held-out r (true rates)", _fmt(progress.r_true))
     return table
 
 
@@ -88,8 +89,6 @@ def _with_strategy(protocol, strategy: str | None):
     """The protocol with another selection strategy (validated)."""
     if strategy is None:
         return protocol
-    from closedloop.select.strategies import make_strategy
-
     make_strategy(strategy)
     selection = protocol.selection.model_copy(update={"strategy": strategy})
     return protocol.model_copy(update={"selection": selection})
@@ -131,23 +130,26 @@ def demo(out: Path, protocol_path: Path, rig_path: Path) -> None:
         _run(_with_strategy(protocol, strategy), rig, out, f"demo: {strategy}")
         for strategy in dict.fromkeys([protocol.selection.strategy, "random"])
     ]
-    console.print(comparison_table(summaries))
+    results.print(comparison_table(summaries))
+    for s in summaries:
+        results.print(f"{s['strategy']}: {s['deadline_misses']} deadline misses, selection turnaround "
+                      f"median {_fmt(s['turnaround_ms']['median'])} ms, session {s['session']}")
 
 
 def comparison_table(summaries: list[dict]) -> Table:
-    """One row per session and unit: drive and held-out accuracy."""
-    table = Table(title="model-chosen vs random images")
-    for column in ("strategy", "unit", "mean spikes (chosen)", "held-out r (observed)",
-                   "held-out r (true)", "misses", "turnaround ms (median)"):
-        table.add_column(column)
+    """One row per session and unit: spikes evoked by the chosen images and held-out accuracy."""
+    table = Table(title="model-chosen vs random images",
+                  caption="r: held-out Pearson r of the model against the mean observed counts "
+                          "and against the simulated true rates")
+    for column in ("strategy", "unit", "spikes/chosen", "r observed", "r true"):
+        table.add_column(column, justify="left" if column in ("strategy", "unit") else "right")
     for s in summaries:
         chosen = s["mean_counts"].get("chosen", [None] * len(s["units"]))
         r_obs = s["heldout_r_observed"] or [None] * len(s["units"])
         r_true = s["heldout_r_true"] or [None] * len(s["units"])
         for u, name in enumerate(s["units"]):
             table.add_row(s["strategy"] if u == 0 else "", name, _fmt(chosen[u]), _fmt(r_obs[u]),
-                          _fmt(r_true[u]), str(s["deadline_misses"]) if u == 0 else "",
-                          _fmt(s["turnaround_ms"]["median"]) if u == 0 else "")
+                          _fmt(r_true[u]), end_section=u == len(s["units"]) - 1)
     return table
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from closedloop.errors import ClosedLoopError
-from closedloop.select.strategies import STRATEGIES
+from closedloop.select.strategies import make_strategy
 
 
 class _Strict(BaseModel):
@@ -67,8 +67,11 @@ class NeuronSpec(_Strict):
 
     @model_validator(mode="after")
     def _path_for_models(self) -> NeuronSpec:
+        from closedloop.simulate.neurons import check_params
+
         if self.kind in ("compact", "onnx") and self.path is None:
             raise ValueError(f"a {self.kind!r} neuron needs a 'path'")
+        check_params(self)
         return self
 
 
@@ -178,10 +181,10 @@ class SelectionSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_strategy(self) -> SelectionSpec:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}"
-            )
+        try:
+            make_strategy(self.strategy)
+        except ClosedLoopError as exc:  # pydantic reports ValueErrors with the field's name
+            raise ValueError(str(exc)) from None
         return self
 
 

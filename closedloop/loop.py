@@ -271,6 +271,9 @@ def _summary(protocol, rig, units, session_dir, progress, model_info, duration, 
         "mean_counts": {role: np.mean(c, axis=0).round(3).tolist() for role, c in counts.items()},
         "heldout_r_observed": final.get("r_observed"),
         "heldout_r_true": final.get("r_true"),
+        "accuracy_over_time": [
+            {key: a.get(key) for key in ("responses", "r_observed", "r_true")} for a in record.accuracy
+        ],
         "turnaround_ms": {"median": float(np.nanmedian(turnaround)),
                           "p99": float(np.nanpercentile(turnaround, 99))},
     }

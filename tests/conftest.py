@@ -44,3 +44,79 @@ def display():
 def stream_name(request) -> str:
     """A unique LSL stream name, so tests never see each other's outlets."""
     return f"cltest-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+def shared_v4_path() -> Path:
+    """Where the shared V4 data lives: $CLOSEDLOOP_SHARED_V4, else ../shared/v4 beside the project."""
+    return Path(os.environ.get("CLOSEDLOOP_SHARED_V4", ROOT.parent / "shared" / "v4"))
+
+
+@pytest.fixture(scope="session")
+def shared_v4() -> Path:
+    """The shared V4 folder (compact_models/, sessions/); skips when it is absent."""
+    path = shared_v4_path()
+    if not (path / "compact_models").is_dir():
+        pytest.skip(f"real V4 data not found at {path} (set CLOSEDLOOP_SHARED_V4 or place ../shared/v4)")
+    return path
+
+
+class SimFiles:
+    """Writers of small rig and protocol files for end-to-end runs."""
+
+    @staticmethod
+    def rig(path: Path, stream_name: str) -> None:
+        """A headless simulated rig with the three built-in units, on its own LSL streams."""
+        path.write_text(f"""
+[rig]
+name = "test-sim"
+simulated = true
+[display]
+backend = "headless"
+[markers]
+name = "{stream_name}-markers"
+type = "Markers"
+[spikes]
+name = "{stream_name}-spikes"
+type = "Spikes"
+[simulation]
+seed = 2
+mean_rate = 60.0        # strongly driven: fewer trials tell the tuning apart
+[[simulation.neurons]]
+kind = "curvature"
+[[simulation.neurons]]
+kind = "dot"
+[[simulation.neurons]]
+kind = "orientation"
+""")
+
+    @staticmethod
+    def protocol(path: Path, presentations: int) -> None:
+        """A short, small protocol (random selection) that runs in seconds."""
+        path.write_text(f"""
+[protocol]
+name = "short"
+seed = 1
+presentations = {presentations}
+on_frames = 4
+off_frames = 2
+[pool]
+size_px = 64
+families = {{ contour = 100, dot = 80, grating = 80, texture = 80 }}
+[model]
+members = 5
+input_px = 32
+channels = [8, 8, 8, 8, 8]
+steps_per_update = 30
+[selection]
+strategy = "random"
+warmup = 20
+batch = 4
+[heldout]
+images = 60
+every = 4
+""")
+
+
+@pytest.fixture(scope="session")
+def sim_files() -> type[SimFiles]:
+    return SimFiles

@@ -21,6 +21,7 @@ import numpy as np
 import pylsl
 
 from closedloop.config import ModelSpec, SelectionSpec, SimulationSpec
+from closedloop.errors import ClosedLoopError
 from closedloop.select.strategies import RandomStrategy, make_strategy
 from closedloop.stimuli import StimulusPool
 
@@ -64,9 +65,19 @@ class ModelWorker:
     def start(self, timeout: float = 300.0) -> dict:
         """Start the process and wait until it has loaded the pool; returns its info."""
         self.process.start()
-        kind, info = self.outbox.get(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, info = self.outbox.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise ClosedLoopError(f"model worker exited with status {self.process.exitcode} "
+                                          "before it was ready") from None
+                if time.monotonic() > deadline:
+                    raise ClosedLoopError(f"model worker not ready after {timeout:g} s") from None
         if kind == "error":
-            raise RuntimeError(f"model worker failed: {info}")
+            raise ClosedLoopError(f"model worker failed: {info.strip().splitlines()[-1]}")
         return info
 
     def send_response(self, pool_index: int, counts: np.ndarray, heldout: bool, completed_at: float) -> None:
@@ -122,7 +133,8 @@ class _Learner:
         self.heldout_sum = np.zeros((config.units, len(self.heldout)))
         self.heldout_n = np.zeros(len(self.heldout))
         self.recent: list[int] = []
-        self.truth = _true_rates(config.truth, pool.images[self.heldout]) if config.truth else None
+        self.stale = False  # True when the last decision left the readouts un-refitted
+        self.truth = _true_rates(config.truth, pool.images, self.heldout) if config.truth else None
 
     def add(self, pool_index: int, counts: np.ndarray, heldout: bool) -> None:
         if heldout:
@@ -140,7 +152,9 @@ class _Learner:
         allowed = self.candidates[~np.isin(self.candidates, self.recent)]
         if strategy.needs_model:
             self.ensemble.update()
-        predictions = self.ensemble.predictions(allowed) if strategy.needs_model else None
+        self.stale = not strategy.needs_model
+        # Scoring the whole pool and then indexing is cheaper than gathering features first.
+        predictions = self.ensemble.predictions()[:, :, allowed] if strategy.needs_model else None
         chosen, scores = strategy.choose(predictions, allowed, self.config.selection.batch, self.rng)
         return {
             "strategy": strategy.name,
@@ -167,11 +181,14 @@ class _Learner:
         return report
 
 
-def _true_rates(simulation: SimulationSpec, images: np.ndarray) -> np.ndarray:
-    """A simulated rig's true driven rates (units, images); calibrated as the simulator does."""
+def _true_rates(simulation: SimulationSpec, pool: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """A simulated rig's true driven rates (units, images) on ``pool[index]``.
+
+    Calibrated on the whole pool, exactly as the simulator does.
+    """
     from closedloop.simulate.neurons import Population, build_neurons
 
-    return Population(build_neurons(simulation), simulation, images).rates(images).T
+    return Population(build_neurons(simulation), simulation, pool).rates(pool[index]).T
 
 
 def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
@@ -192,6 +209,8 @@ def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 learner.add(pool_index, counts, heldout)
             if responses:
                 outbox.put(("choice", learner.decide(responses[-1][4])))
+                if learner.stale:  # the choice did not need the model: learn after answering
+                    learner.ensemble.update()
                 since_report += len(responses)
                 if since_report >= ACCURACY_EVERY:
                     outbox.put(("accuracy", learner.accuracy()))

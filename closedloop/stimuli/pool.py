@@ -59,7 +59,7 @@ class StimulusPool:
     def save(self, path: Path | str) -> None:
         """Write to an ``.npz`` file (images plus a JSON table of families and params)."""
         meta = json.dumps({"families": self.families, "params": self.params})
-        np.savez(path, images=self.images, meta=np.array(meta))
+        np.savez_compressed(path, images=self.images, meta=np.array(meta))
 
     @classmethod
     def load(cls, path: Path | str) -> StimulusPool:

@@ -1,0 +1,105 @@
+"""The command line: bad input gives one clear line and exit status 2, and keeps what was recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from closedloop.stimuli import generate_pool
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "protocols" / "demo.toml"
+
+
+def closedloop(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "closedloop", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The single error line (liblsl may add its own log lines to stderr)."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("closedloop: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_invalid_rig_names_file_and_field(tmp_path):
+    rig = tmp_path / "rig.toml"
+    rig.write_text("[rig]\nname = 'r'\nsimulated = true\n[simulation]\nmean_rate = -3\n"
+                   "[[simulation.neurons]]\nkind = 'dot'\n")
+    line = error_line(closedloop("run", DEMO, "--rig", rig, "--out", tmp_path))
+    assert str(rig) in line and "simulation.mean_rate" in line
+
+
+def test_invalid_protocol_names_file_and_field(tmp_path):
+    protocol = tmp_path / "protocol.toml"
+    protocol.write_text("[protocol]\nname = 'p'\non_frames = 'six'\n")
+    line = error_line(closedloop("run", protocol, "--rig", ROOT / "rigs" / "sim.toml", "--out", tmp_path))
+    assert str(protocol) in line and "protocol.on_frames" in line
+
+
+def test_unknown_strategy(tmp_path):
+    line = error_line(closedloop("run", DEMO, "--rig", ROOT / "rigs" / "sim.toml", "--strategy", "best",
+                                 "--out", tmp_path))
+    assert "unknown strategy 'best'" in line and "disagreement" in line and "random" in line
+
+
+def test_missing_stream_lists_those_found(tmp_path, stream_name):
+    rig = tmp_path / "rig.toml"
+    rig.write_text(f"resolve_timeout = 1.0\n[rig]\nname = 'lab'\n[display]\nbackend = 'headless'\n"
+                   f"[markers]\nname = '{stream_name}-markers'\ntype = 'Markers'\n"
+                   f"[spikes]\nname = '{stream_name}-absent'\ntype = 'Spikes'\n"
+                   f"[[units]]\nname = 'a'\nchannel = 1\n")
+    result = closedloop("run", DEMO, "--rig", rig, "--out", tmp_path / "sessions")
+    line = error_line(result)
+    assert f"'{stream_name}-absent'" in line and "streams found:" in line
+    assert f"{stream_name}-markers" in line  # our own marker outlet is on the network, and listed
+    # The session directory keeps what was recorded before the error.
+    (session,) = (tmp_path / "sessions").iterdir()
+    assert (session / "protocol.json").exists() and (session / "rig.json").exists()
+    assert (session / "stimuli.npz").stat().st_size > 0
+
+
+def test_unreadable_model_file(tmp_path, stream_name):
+    (tmp_path / "compact_model_1_neuron0.pt").write_bytes(b"not a state dict")
+    (tmp_path / "compact_model_1_neuron0.nums_filters.npy").write_bytes(b"junk")
+    rig = tmp_path / "rig.toml"
+    rig.write_text(f"[rig]\nname = 'sim'\nsimulated = true\n[display]\nbackend = 'headless'\n"
+                   f"[markers]\nname = '{stream_name}-m'\ntype = 'Markers'\n"
+                   f"[spikes]\nname = '{stream_name}-s'\ntype = 'Spikes'\n"
+                   f"[simulation]\n[[simulation.neurons]]\nkind = 'compact'\n"
+                   f"path = 'compact_model_1_neuron0.pt'\n")
+    generate_pool({"dot": 3}, 32, seed=0).save(tmp_path / "stimuli.npz")
+    line = error_line(closedloop("simulate", "--rig", rig, "--stimuli", tmp_path / "stimuli.npz"))
+    assert "compact_model_1_neuron0" in line
+    line = error_line(closedloop("run", DEMO, "--rig", rig, "--out", tmp_path / "sessions"))
+    assert "compact_model_1_neuron0" in line
+
+
+@pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["simulate", "--help"], ["demo", "--help"]])
+def test_help(command):
+    result = closedloop(*command)
+    assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_demo_compares_model_chosen_with_random(tmp_path, stream_name, sim_files):
+    """`closedloop demo` (on a short protocol) runs both sessions and prints the comparison."""
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
+    sim_files.protocol(tmp_path / "protocol.toml", 40)
+    (tmp_path / "protocol.toml").write_text(
+        (tmp_path / "protocol.toml").read_text().replace('strategy = "random"', 'strategy = "disagreement"'))
+    result = closedloop("demo", "--protocol", tmp_path / "protocol.toml", "--rig", tmp_path / "rig.toml",
+                        "--out", tmp_path / "sessions")
+    assert result.returncode == 0, result.stderr
+    assert "model-chosen vs random images" in result.stdout
+    for strategy in ("disagreement", "random"):
+        assert f"{strategy}: " in result.stdout and "deadline misses" in result.stdout
+    sessions = sorted((tmp_path / "sessions").iterdir())
+    assert len(sessions) == 2 and all((s / "summary.json").exists() for s in sessions)
+    for unit in ("curvature", "dot", "orientation"):
+        assert unit in result.stdout
