@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import signal
 import sys
 import threading
@@ -109,12 +110,25 @@ def simulate(rig_path: Path, stimuli: Path) -> None:
     simulator = SpikeSimulator(rig, StimulusPool.load(stimuli))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _stop_when_orphaned(stop)
     console.print(f"simulating {simulator.n} neurons on LSL stream {rig.spikes.name!r}")
     try:
         simulator.run(stop)
     except KeyboardInterrupt:
         pass
     console.print(f"sent {simulator.spikes_sent} spikes; unknown stimuli: {simulator.unknown_stimuli}")
+
+
+def _stop_when_orphaned(stop: threading.Event) -> None:
+    """Set ``stop`` if this process's parent dies (a killed ``run`` must not leave us behind)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @main.command()

@@ -198,7 +198,12 @@ def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
         outbox.put(("choice", learner.decide(pylsl.local_clock())))
         since_report = 0
         while True:
-            batch = [inbox.get()]
+            try:
+                batch = [inbox.get(timeout=1.0)]
+            except queue.Empty:
+                if mp.parent_process() is not None and not mp.parent_process().is_alive():
+                    break  # the session was killed: nothing is left to serve
+                continue
             while True:
                 try:
                     batch.append(inbox.get_nowait())
