@@ -35,6 +35,18 @@ def test_curvature_unit_prefers_a_protrusion_in_its_direction():
     assert up > 3 * sideways and up > 2 * dot
 
 
+def test_template_matching_is_a_correlation():
+    """A template peaked at offset q finds a map's peak at p when map[p + q] is bright."""
+    from closedloop.simulate.neurons import GRID, _match, _offsets
+
+    image = np.zeros((1, GRID, GRID))
+    image[0, 32, 40] = 1.0
+    u, v = _offsets()
+    right_and_up = np.isclose(u, 8 / GRID) & np.isclose(v, 4 / GRID)  # 8 px right, 4 px up
+    (match,) = _match(image, right_and_up.astype(float))
+    assert np.unravel_index(np.argmax(match[0]), match[0].shape) == (36, 32)
+
+
 def test_dot_unit_prefers_a_disc_of_its_size():
     unit = DotUnit("d", radius=0.05)
     matched = drive(unit, render("dot", dots=[[0.1, 0.0, 0.05]], colour=[1, 1, 1]))
