@@ -13,6 +13,7 @@ from closedloop.acquire.streams import check_spike_stream
 
 CLOCK_REFRESH = 5.0  # s between time_correction() queries
 PULL_TIMEOUT = 0.005  # s
+MAX_CHUNK = 65536  # samples per pull
 
 
 SpikeCallback = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
@@ -67,16 +68,16 @@ class SpikeInlet:
         next_clock = time.monotonic() + CLOCK_REFRESH
         try:
             while not self._stop.is_set():
-                samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT)
+                samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=MAX_CHUNK,
+                                                         min_samples=1, as_numpy=True)
                 if time.monotonic() > next_clock:
                     self.offset = self._inlet.time_correction(timeout=1.0)
                     next_clock = time.monotonic() + CLOCK_REFRESH
-                if stamps:
-                    data = np.asarray(samples, dtype=np.int64).reshape(-1, 2)
-                    times = np.asarray(stamps) + self.offset
+                if len(stamps):
+                    times = stamps + self.offset
                     self.received += len(times)
                     newest = max(newest, float(times[-1]))
-                    self._on_spikes(times, data[:, 0], data[:, 1])
+                    self._on_spikes(times, samples[:, 0], samples[:, 1])
                 self._on_tick(max(newest, pylsl.local_clock() - self.max_latency))
         except BaseException as exc:  # surfaced by the session loop, never swallowed
             self.error = exc
