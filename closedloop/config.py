@@ -25,10 +25,30 @@ class _Strict(BaseModel):
 
 # --------------------------------------------------------------------- rig --
 class StreamSpec(_Strict):
-    """An LSL stream pinned by name and type."""
+    """An LSL stream pinned by name and type, and optionally by source_id and host.
+
+    Pinning ``source_id`` and ``host`` makes a stray outlet with the same name
+    elsewhere on the lab network a refused, reported mismatch.
+    """
 
     name: str
     type: str
+    source_id: str | None = None
+    host: str | None = None
+
+
+class SpikeStreamSpec(StreamSpec):
+    """The spike stream and its format.
+
+    ``events``: one int32 sample (channel, unit) per spike, irregular rate,
+    stamped at the spike. ``counts``: a regular-rate stream with one channel
+    per electrode or unit, each sample the spikes counted in the bin that
+    ends at its timestamp; ``[[units]]`` entries name stream channels
+    (``channel`` counts from 1, ``unit`` is 1).
+    """
+
+    format: Literal["events", "counts"] = "events"
+    rate: Annotated[float, Field(gt=0, description="bins/s of a simulated rig's counts stream")] = 1000.0
 
 
 class DisplaySpec(_Strict):
@@ -106,7 +126,7 @@ class Rig(_Strict):
     rig: RigInfo
     display: DisplaySpec = DisplaySpec()
     markers: StreamSpec = StreamSpec(name="closedloop-markers", type="Markers")
-    spikes: StreamSpec = StreamSpec(name="closedloop-spikes", type="Spikes")
+    spikes: SpikeStreamSpec = SpikeStreamSpec(name="closedloop-spikes", type="Spikes")
     resolve_timeout: Annotated[float, Field(gt=0, description="s")] = 10.0
     max_latency: Annotated[
         float, Field(ge=0, description="s; longest delay of a spike on the network")

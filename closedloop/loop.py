@@ -173,7 +173,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                                      pylsl.local_clock())
                 progress.responses += 1
 
-        inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency)
+        inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency, rig.spikes,
+                           channels=max(u.channel for u in units))
         inlet.start()
         presenter = open_presenter(rig.display, markers)
         schedule = _Schedule(protocol, candidates, heldout)

@@ -73,3 +73,22 @@ def test_selections_and_summary_are_recorded(session):
     assert not heldout_ids & chosen  # held-out images are never selected
     assert summary["deadline_misses"] == sum(e["kind"] == "deadline_miss" for e in record.events)
     assert record.protocol["protocol"]["name"] == "short" and record.rig["rig"]["name"] == "test-sim"
+
+
+def test_a_binned_count_stream_feeds_the_same_loop(tmp_path, sim_files):
+    """The simulated rig publishes 1 kHz counts instead of events; the loop runs unchanged."""
+    sim_files.rig(tmp_path / "rig.toml", f"cltest-counts-{tmp_path.name}")
+    text = (tmp_path / "rig.toml").read_text()
+    (tmp_path / "rig.toml").write_text(text.replace('type = "Spikes"\n', 'type = "Spikes"\nformat = "counts"\nrate = 1000.0\n'))
+    sim_files.protocol(tmp_path / "protocol.toml", 40)
+    summary = run_session(load_protocol(tmp_path / "protocol.toml"), load_rig(tmp_path / "rig.toml"),
+                          tmp_path / "session")
+    record = read_session(tmp_path / "session")
+    assert summary["responses"] == 40 and summary["unknown_spikes"] == 0
+    times = record.spikes["time"]
+    # Every spike sits on the 1 ms bin grid (at bin centres): all share one sub-millisecond phase.
+    phase = np.exp(2j * np.pi * ((times * 1000) % 1))
+    assert len(times) > 100 and abs(phase.mean()) > 0.99
+    counts = np.array([r["counts"] for r in record.responses])
+    window = record.protocol["window"]["end"] - record.protocol["window"]["start"]
+    assert counts.mean() > 3 * record.rig["simulation"]["baseline_rate"] * window

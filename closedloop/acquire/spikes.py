@@ -10,6 +10,7 @@ import numpy as np
 import pylsl
 
 from closedloop.acquire.streams import check_spike_stream
+from closedloop.config import SpikeStreamSpec
 
 CLOCK_REFRESH = 5.0  # s between time_correction() queries
 PULL_TIMEOUT = 0.005  # s
@@ -38,11 +39,20 @@ class SpikeInlet:
         Receives the acquisition time after every pull.
     max_latency : float
         Longest network delay of a spike, seconds.
+    spec : SpikeStreamSpec, optional
+        The stream's format (default: ``events``). A ``counts`` stream is
+        turned into spikes: a sample stamped ``t`` with ``k`` in stream
+        channel ``c`` (from 1) gives ``k`` spikes on (c, 1) at the bin's
+        centre, ``t - 0.5 / rate``; timing is then only as fine as the bins.
+    channels : int
+        For ``counts``: the highest stream channel the rig's units name.
     """
 
     def __init__(self, info: pylsl.StreamInfo, on_spikes: SpikeCallback, on_tick: TickCallback,
-                 max_latency: float = 0.05):
-        check_spike_stream(info)
+                 max_latency: float = 0.05, spec: SpikeStreamSpec | None = None, channels: int = 0):
+        self.spec = spec or SpikeStreamSpec(name=info.name(), type=info.type())
+        check_spike_stream(info, self.spec, channels)
+        self.half_bin = 0.5 / info.nominal_srate() if self.spec.format == "counts" else 0.0
         self.name = info.name()
         self._inlet = pylsl.StreamInlet(info, max_buflen=60, recover=True)
         self._on_spikes, self._on_tick = on_spikes, on_tick
@@ -74,10 +84,24 @@ class SpikeInlet:
                     self.offset = self._inlet.time_correction(timeout=1.0)
                     next_clock = time.monotonic() + CLOCK_REFRESH
                 if len(stamps):
-                    times = stamps + self.offset
+                    newest = max(newest, float(stamps[-1]) + self.offset)
+                    times, channels, units = self._decode(samples, stamps)
                     self.received += len(times)
-                    newest = max(newest, float(times[-1]))
-                    self._on_spikes(times, samples[:, 0], samples[:, 1])
+                    if len(times):
+                        self._on_spikes(times + self.offset, channels, units)
                 self._on_tick(max(newest, pylsl.local_clock() - self.max_latency))
         except BaseException as exc:  # surfaced by the session loop, never swallowed
             self.error = exc
+
+    def _decode(self, samples: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Spike times (uncorrected), channels and units from one pulled chunk."""
+        if self.spec.format == "events":
+            return stamps, samples[:, 0], samples[:, 1]
+        rows, cols = np.nonzero(samples)
+        counts = samples[rows, cols].astype(np.int64)
+        if np.any(counts < 0):
+            raise ValueError(f"negative spike count in stream {self.name!r}")
+        times = np.repeat(stamps[rows] - self.half_bin, counts)
+        order = np.argsort(times, kind="stable")
+        channels = np.repeat(cols + 1, counts)[order]
+        return times[order], channels, np.ones_like(channels)

@@ -1,28 +1,62 @@
-"""Find LSL streams by name and type, with errors that list what was found."""
+"""Find LSL streams by name, type, source_id and host, with errors that say what was found."""
 
 from __future__ import annotations
 
+import time
+
 import pylsl
 
-from closedloop.config import StreamSpec
+from closedloop.config import SpikeStreamSpec, StreamSpec
 from closedloop.errors import ClosedLoopError
 
 SPIKE_CHANNELS = ("channel", "unit")
+GATHER = 0.5  # s to collect every outlet answering to a name once one has
+ANSWER_ALL = 1000  # "as many as answer": resolve until GATHER runs out
+
+
+def describe(info: pylsl.StreamInfo) -> str:
+    """``name (type, source_id 'x' on host 'h')``: enough to tell two outlets apart."""
+    return f"{info.name()} ({info.type()}, source_id {info.source_id()!r} on host {info.hostname()!r})"
+
+
+def _mismatch(spec: StreamSpec, info: pylsl.StreamInfo) -> str | None:
+    """Why ``info`` is not the pinned stream, or None when it is."""
+    for field, value in (("type", info.type()), ("source_id", info.source_id()), ("host", info.hostname())):
+        wanted = getattr(spec, field)
+        if wanted is not None and wanted != value:
+            return f"{field} {value!r}, not {wanted!r}"
+    return None
 
 
 def resolve_stream(spec: StreamSpec, timeout: float) -> pylsl.StreamInfo:
-    """The stream named ``spec.name`` with type ``spec.type``.
+    """The one stream matching every pinned field of ``spec``.
 
     Raises
     ------
     ClosedLoopError
-        When no such stream appears within ``timeout`` seconds; the message
-        lists the streams that are on the network.
+        When none appears within ``timeout`` seconds (listing the streams that
+        are on the network and why same-named ones were refused), or when
+        several match (pin ``source_id`` or ``host`` to choose).
     """
+    deadline = time.monotonic() + timeout
     found = pylsl.resolve_byprop("name", spec.name, minimum=1, timeout=timeout)
-    matching = [info for info in found if info.type() == spec.type]
-    if matching:
+    if found:  # give every same-named outlet on the network a moment to answer
+        found = pylsl.resolve_byprop("name", spec.name, minimum=ANSWER_ALL, timeout=GATHER) or found
+    matching = [info for info in found if _mismatch(spec, info) is None]
+    while not matching and found and time.monotonic() < deadline:  # the pinned one may come later
+        found = pylsl.resolve_byprop("name", spec.name, minimum=len(found) + 1,
+                                     timeout=deadline - time.monotonic()) or found
+        matching = [info for info in found if _mismatch(spec, info) is None]
+    if len(matching) == 1:
         return matching[0]
+    if len(matching) > 1:
+        listed = "; ".join(describe(i) for i in matching)
+        raise ClosedLoopError(f"LSL stream {spec.name!r}: {len(matching)} outlets match ({listed}); "
+                              "pin source_id or host in the rig file")
+    if found:
+        refused = "; ".join(f"{describe(i)}: {_mismatch(spec, i)}" for i in found)
+        raise ClosedLoopError(f"LSL stream {spec.name!r}: refused same-named outlets that do not "
+                              f"match the rig file: {refused}")
     others = pylsl.resolve_streams(wait_time=0.5)
     listed = ", ".join(sorted(f"{i.name()} ({i.type()})" for i in others)) or "none"
     raise ClosedLoopError(
@@ -31,15 +65,29 @@ def resolve_stream(spec: StreamSpec, timeout: float) -> pylsl.StreamInfo:
     )
 
 
-def check_spike_stream(info: pylsl.StreamInfo) -> None:
-    """Refuse a spike stream that is not one int32 (channel, unit) sample per spike."""
-    if info.channel_count() != len(SPIKE_CHANNELS):
-        raise ClosedLoopError(
-            f"LSL stream {info.name()!r}: expected {len(SPIKE_CHANNELS)} channels "
-            f"(channel, unit), found {info.channel_count()}"
-        )
-    if info.channel_format() != pylsl.cf_int32:
-        raise ClosedLoopError(f"LSL stream {info.name()!r}: expected int32 samples")
+def check_spike_stream(info: pylsl.StreamInfo, spec: SpikeStreamSpec, channels: int = 0) -> None:
+    """Refuse a spike stream whose layout does not match its declared format.
+
+    ``events``: two int32 channels (channel, unit), irregular rate.
+    ``counts``: a regular rate and at least ``channels`` numeric channels
+    (the highest stream channel the rig's units name).
+    """
+    name = info.name()
+    if spec.format == "events":
+        if info.channel_count() != len(SPIKE_CHANNELS):
+            raise ClosedLoopError(f"LSL stream {name!r}: expected {len(SPIKE_CHANNELS)} channels "
+                                  f"(channel, unit) for format 'events', found {info.channel_count()}")
+        if info.channel_format() != pylsl.cf_int32:
+            raise ClosedLoopError(f"LSL stream {name!r}: expected int32 samples for format 'events'")
+        return
+    if info.nominal_srate() <= 0:
+        raise ClosedLoopError(f"LSL stream {name!r}: format 'counts' needs a regular sampling rate, "
+                              "found an irregular stream")
+    if info.channel_format() == pylsl.cf_string:
+        raise ClosedLoopError(f"LSL stream {name!r}: format 'counts' needs numeric samples, found strings")
+    if info.channel_count() < channels:
+        raise ClosedLoopError(f"LSL stream {name!r}: the rig's units name channel {channels}, "
+                              f"but the stream has {info.channel_count()} channels")
 
 
 def spike_stream_info(spec: StreamSpec, source_id: str) -> pylsl.StreamInfo:
@@ -49,4 +97,13 @@ def spike_stream_info(spec: StreamSpec, source_id: str) -> pylsl.StreamInfo:
     channels = info.desc().append_child("channels")
     for label in SPIKE_CHANNELS:
         channels.append_child("channel").append_child_value("label", label)
+    return info
+
+
+def count_stream_info(spec: StreamSpec, source_id: str, channels: int, rate: float) -> pylsl.StreamInfo:
+    """Description of a binned-count stream: ``channels`` int32 counts, ``rate`` bins per second."""
+    info = pylsl.StreamInfo(spec.name, spec.type, channels, rate, pylsl.cf_int32, source_id)
+    described = info.desc().append_child("channels")
+    for k in range(channels):
+        described.append_child("channel").append_child_value("label", f"ch{k + 1}")
     return info

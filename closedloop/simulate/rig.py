@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pylsl
 
-from closedloop.acquire.streams import resolve_stream, spike_stream_info
+from closedloop.acquire.streams import count_stream_info, resolve_stream, spike_stream_info
 from closedloop.config import Rig, UnitSpec
 from closedloop.present.markers import parse_marker
 from closedloop.stimuli import StimulusPool
@@ -66,7 +66,11 @@ class SpikeSimulator:
         self._episodes: list[_Episode] = []
         self.unknown_stimuli = 0
         self.spikes_sent = 0
-        info = spike_stream_info(rig.spikes, source_id=f"closedloop-sim-{rig.rig.name}")
+        source_id = rig.spikes.source_id or f"closedloop-sim-{rig.rig.name}"
+        if rig.spikes.format == "counts":
+            info = count_stream_info(rig.spikes, source_id, self.n, rig.spikes.rate)
+        else:
+            info = spike_stream_info(rig.spikes, source_id)
         self.outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
 
     def rates(self, pool_index: int) -> np.ndarray:
@@ -111,22 +115,40 @@ class SpikeSimulator:
         self._episodes = [e for e in self._episodes if e.end > t1]
         return times[order], neurons[order]
 
+    def _push_counts(self, times: np.ndarray, neurons: np.ndarray, t0: float, t1: float,
+                     bin_width: float) -> None:
+        """Push spikes in [t0, t1) as counts per bin, each sample stamped at its bin's end."""
+        n_bins = int(round((t1 - t0) / bin_width))
+        counts = np.zeros((n_bins, self.n), np.int32)
+        which = np.minimum(((times - t0) / bin_width).astype(int), n_bins - 1)
+        np.add.at(counts, (which, neurons), 1)
+        self.outlet.push_chunk(counts, t0 + bin_width * np.arange(1, n_bins + 1))
+
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set (or the marker stream is resolved and the process is killed)."""
         info = resolve_stream(self.rig.markers, self.rig.resolve_timeout)
         inlet = pylsl.StreamInlet(info, recover=True)
         inlet.open_stream(timeout=5.0)
         offset = inlet.time_correction(timeout=5.0)
+        bin_width = 1.0 / self.rig.spikes.rate if self.rig.spikes.format == "counts" else 0.0
         done = pylsl.local_clock()
+        if bin_width:
+            done = np.floor(done / bin_width) * bin_width
         while not stop.is_set():
             markers, stamps = inlet.pull_chunk(timeout=STEP)
             for (text,), stamp in zip(markers, stamps):
                 self.on_marker(parse_marker(text), stamp + offset)
             now = pylsl.local_clock()
+            if bin_width:
+                now = np.floor(now / bin_width) * bin_width  # whole bins only
+                if now <= done:
+                    continue
             times, neurons = self.spikes_between(done, now)
-            done = now
-            if len(times):
+            if bin_width:
+                self._push_counts(times, neurons, done, now, bin_width)
+            elif len(times):
                 samples = np.column_stack([neurons + 1, np.ones_like(neurons)]).astype(np.int32)
-                self.outlet.push_chunk(samples.tolist(), times.tolist())
-                self.spikes_sent += len(times)
+                self.outlet.push_chunk(samples, times)
+            self.spikes_sent += len(times)
+            done = now
         inlet.close_stream()

@@ -7,8 +7,8 @@ import pylsl
 import pytest
 
 from closedloop.acquire.spikes import SpikeInlet
-from closedloop.acquire.streams import resolve_stream, spike_stream_info
-from closedloop.config import StreamSpec
+from closedloop.acquire.streams import count_stream_info, resolve_stream, spike_stream_info
+from closedloop.config import SpikeStreamSpec, StreamSpec
 from closedloop.errors import ClosedLoopError
 
 
@@ -60,3 +60,64 @@ def test_a_stream_with_the_wrong_channel_count_is_refused(stream_name):
     with pytest.raises(ClosedLoopError, match=f"{stream_name}.*expected 2 channels.*found 3"):
         SpikeInlet(info, lambda *a: None, lambda t: None)
     del outlet
+
+
+def test_binned_counts_become_spikes_at_bin_centres(stream_name):
+    """A counts stream: k in channel c at stamp t gives k spikes on (c, 1) at t - half a bin."""
+    rate, n_channels = 1000.0, 4
+    spec = SpikeStreamSpec(name=stream_name, type="Spikes", format="counts")
+    outlet = pylsl.StreamOutlet(count_stream_info(spec, stream_name, n_channels, rate))
+    info = resolve_stream(spec, timeout=5)
+    got = []
+    done = threading.Event()
+    rng = np.random.default_rng(1)
+    bins = rng.poisson(0.3, (400, n_channels)).astype(np.int32)
+
+    def on_spikes(times, channels, units):
+        got.append(np.column_stack([times, channels, units]))
+        if sum(len(g) for g in got) >= bins.sum():
+            done.set()
+
+    inlet = SpikeInlet(info, on_spikes, lambda t: None, spec=spec, channels=n_channels)
+    inlet.start()
+    stamps = pylsl.local_clock() - 1.0 + np.arange(len(bins)) / rate
+    outlet.push_chunk(bins, stamps)
+    assert done.wait(10), "counts did not arrive"
+    inlet.stop()
+    received = np.concatenate(got)
+    assert len(received) == bins.sum() and np.all(received[:, 2] == 1)
+    expected_times = np.repeat(stamps, bins.sum(axis=1)) - 0.5 / rate
+    np.testing.assert_allclose(np.sort(received[:, 0]), expected_times + inlet.offset, atol=1e-9)
+    for c in range(n_channels):
+        assert (received[:, 1] == c + 1).sum() == bins[:, c].sum()
+
+
+def test_counts_stream_must_be_regular_and_wide_enough(stream_name):
+    spec = SpikeStreamSpec(name=stream_name, type="Spikes", format="counts")
+    irregular = pylsl.StreamOutlet(pylsl.StreamInfo(stream_name, "Spikes", 8, 0, pylsl.cf_int32, "a"))
+    info = resolve_stream(spec, timeout=5)
+    with pytest.raises(ClosedLoopError, match="needs a regular sampling rate"):
+        SpikeInlet(info, lambda *a: None, lambda t: None, spec=spec, channels=4)
+    del irregular
+    narrow = pylsl.StreamOutlet(count_stream_info(spec, "b", 2, 1000.0))
+    info = resolve_stream(spec, timeout=5)
+    with pytest.raises(ClosedLoopError, match="units name channel 4, but the stream has 2 channels"):
+        SpikeInlet(info, lambda *a: None, lambda t: None, spec=spec, channels=4)
+    del narrow
+
+
+def test_a_stray_outlet_with_the_same_name_is_refused(stream_name):
+    """Pinned by source_id and host: a same-named outlet from elsewhere is reported, not used."""
+    stray = pylsl.StreamOutlet(spike_stream_info(StreamSpec(name=stream_name, type="Spikes"), "stray-box"))
+    pinned = StreamSpec(name=stream_name, type="Spikes", source_id="nsp-1", host=stray.get_info().hostname())
+    with pytest.raises(ClosedLoopError) as error:
+        resolve_stream(pinned, timeout=1.0)
+    assert "refused" in str(error.value) and "source_id 'stray-box', not 'nsp-1'" in str(error.value)
+    real = pylsl.StreamOutlet(spike_stream_info(StreamSpec(name=stream_name, type="Spikes"), "nsp-1"))
+    assert resolve_stream(pinned, timeout=5).source_id() == "nsp-1"  # the pinned one is chosen
+    with pytest.raises(ClosedLoopError, match="2 outlets match"):
+        resolve_stream(StreamSpec(name=stream_name, type="Spikes"), timeout=1.0)
+    wrong_host = StreamSpec(name=stream_name, type="Spikes", source_id="nsp-1", host="rig-pc-7")
+    with pytest.raises(ClosedLoopError, match="host .*not 'rig-pc-7'"):
+        resolve_stream(wrong_host, timeout=1.0)
+    del stray, real
