@@ -111,8 +111,24 @@ class SimulationSpec(_Strict):
     mean_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 24.0
     gain: Annotated[float, Field(gt=0)] = 1.0
     max_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 200.0
+    clock_offset: Annotated[float, Field(description="s the acquisition clock runs ahead")] = 0.0
+    clock_drift_ppm: Annotated[float, Field(ge=-1000, le=1000, description="ppm")] = 0.0
     calibration_images: Annotated[int, Field(gt=1)] = 256
     neurons: list[NeuronSpec] = Field(min_length=1)
+
+
+class ClockSpec(_Strict):
+    """How spike stamps are put on the stimulus PC's clock.
+
+    ``lsl``: LSL's ``time_correction`` (both hosts stamp with LSL clocks).
+    ``events``: the acquisition system stamps a sync event at every onset on
+    its own clock, sent on the spike stream as channel ``sync_channel`` with
+    the presentation index as its unit; a running offset-and-drift fit maps
+    every spike (see ``closedloop.align.clock``).
+    """
+
+    sync: Literal["lsl", "events"] = "lsl"
+    sync_channel: int = 0
 
 
 class RigInfo(_Strict):
@@ -132,6 +148,7 @@ class Rig(_Strict):
         float, Field(ge=0, description="s; longest delay of a spike on the network")
     ] = 0.05
     units: list[UnitSpec] = []
+    clock: ClockSpec = ClockSpec()
     simulation: SimulationSpec | None = None
     source: Path | None = Field(default=None, exclude=True)
 
@@ -141,6 +158,10 @@ class Rig(_Strict):
             raise ValueError("a simulated rig needs a [simulation] table")
         if not self.rig.simulated and not self.units:
             raise ValueError("a rig needs at least one [[units]] entry")
+        if self.clock.sync == "events" and self.spikes.format != "events":
+            raise ValueError("clock.sync = 'events' needs spikes.format = 'events' (sync events ride on it)")
+        if self.clock.sync == "events" and any(u.channel == self.clock.sync_channel for u in self.units):
+            raise ValueError(f"a unit uses channel {self.clock.sync_channel}, the sync channel")
         return self
 
 

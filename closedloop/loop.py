@@ -23,6 +23,7 @@ import pylsl
 
 from closedloop.acquire.spikes import SpikeInlet
 from closedloop.acquire.streams import resolve_stream
+from closedloop.align.clock import ClockMap
 from closedloop.align.windows import ResponseAligner
 from closedloop.config import Protocol, Rig, UnitSpec, to_jsonable
 from closedloop.errors import ClosedLoopError
@@ -49,6 +50,7 @@ class Progress:
     core_version: int = 0
     r_observed: float | None = None
     r_true: float | None = None
+    clock_events: int = 0
     turnaround_ms: list[float] = field(default_factory=list)
     final_accuracy: dict = field(default_factory=dict)
 
@@ -173,8 +175,14 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                                      pylsl.local_clock())
                 progress.responses += 1
 
+        def on_clock_event(event):
+            writer.log("events", event)
+            progress.clock_events += 1
+
+        clock = ClockMap() if rig.clock.sync == "events" else None
         inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency, rig.spikes,
-                           channels=max(u.channel for u in units))
+                           channels=max(u.channel for u in units), clock=clock,
+                           sync_channel=rig.clock.sync_channel, on_event=on_clock_event)
         inlet.start()
         presenter = open_presenter(rig.display, markers)
         schedule = _Schedule(protocol, candidates, heldout)
@@ -192,6 +200,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             timing = presenter.present(pool.images[index], i, sid, p.on_frames, p.off_frames)
             info = {"stimulus": sid, "pool_index": index, "role": role}
             aligner.add_onset(i, timing.onset, info)
+            if clock is not None:
+                clock.add_onset(i, timing.onset)
             writer.log("markers", {"index": i, **info, "onset": timing.onset, "offset": timing.offset,
                                    "dropped_frames": timing.dropped_frames,
                                    "frame_intervals": timing.frame_intervals})
@@ -205,6 +215,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         _handle_worker(final, schedule, writer, progress)
         summary = _summary(protocol, rig, units, session_dir, progress, model_info,
                            time.monotonic() - started, inlet, aligner)
+        summary["clock"] = _clock_summary(rig, clock, progress)
         if on_progress:
             on_progress(progress)
         return summary
@@ -219,6 +230,17 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             simulator.terminate()
             simulator.wait(timeout=10)
         writer.close(summary)
+
+
+def _clock_summary(rig: Rig, clock: ClockMap | None, progress: Progress) -> dict:
+    """How spikes were put on this clock, and how well the sync fit holds (microseconds)."""
+    report = {"sync": rig.clock.sync, "anomalies": progress.clock_events}
+    if clock is not None:
+        residuals = np.abs(clock.residuals()) * 1e6
+        report.update(pairs=clock.pairs,
+                      residual_median_us=float(np.median(residuals)) if len(residuals) else None,
+                      residual_max_us=float(residuals.max()) if len(residuals) else None)
+    return report
 
 
 def _drain(aligner: ResponseAligner, protocol: Protocol, rig: Rig) -> None:

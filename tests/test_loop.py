@@ -92,3 +92,25 @@ def test_a_binned_count_stream_feeds_the_same_loop(tmp_path, sim_files):
     counts = np.array([r["counts"] for r in record.responses])
     window = record.protocol["window"]["end"] - record.protocol["window"]["start"]
     assert counts.mean() > 3 * record.rig["simulation"]["baseline_rate"] * window
+
+
+def test_an_hour_of_clock_offset_and_100_ppm_drift_are_aligned(tmp_path, sim_files):
+    """The simulated acquisition clock runs an hour ahead and 100 ppm fast; sync events align it."""
+    sim_files.rig(tmp_path / "rig.toml", f"cltest-clock-{tmp_path.name}")
+    text = (tmp_path / "rig.toml").read_text()
+    text = text.replace("[simulation]\n", "[clock]\nsync = \"events\"\n[simulation]\n"
+                        "clock_offset = 3600.0\nclock_drift_ppm = 100.0\n")
+    (tmp_path / "rig.toml").write_text(text)
+    sim_files.protocol(tmp_path / "protocol.toml", 40)
+    summary = run_session(load_protocol(tmp_path / "protocol.toml"), load_rig(tmp_path / "rig.toml"),
+                          tmp_path / "session")
+    record = read_session(tmp_path / "session")
+    assert summary["responses"] == 40 and summary["clock"]["sync"] == "events"
+    assert summary["clock"]["pairs"] >= 39 and summary["clock"]["residual_max_us"] < 1000
+    assert summary["clock"]["anomalies"] == 0
+    # Spikes land on the stimulus PC's clock (not an hour away): within the run's few seconds.
+    onsets = [m["onset"] for m in record.markers]
+    assert record.spikes["time"].min() > onsets[0] - 1.0 and record.spikes["time"].max() < onsets[-1] + 5.0
+    counts = np.array([r["counts"] for r in record.responses])
+    window = record.protocol["window"]["end"] - record.protocol["window"]["start"]
+    assert counts.mean() > 3 * record.rig["simulation"]["baseline_rate"] * window

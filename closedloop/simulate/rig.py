@@ -65,6 +65,8 @@ class SpikeSimulator:
         self._rates: dict[int, np.ndarray] = {}
         self._episodes: list[_Episode] = []
         self.unknown_stimuli = 0
+        self._syncs: list[tuple[float, int]] = []  # (local time, presentation index) to send
+        self.clock_rate = 1.0 + self.sim.clock_drift_ppm * 1e-6
         self.spikes_sent = 0
         source_id = rig.spikes.source_id or f"closedloop-sim-{rig.rig.name}"
         if rig.spikes.format == "counts":
@@ -82,6 +84,8 @@ class SpikeSimulator:
     def on_marker(self, marker: dict, t: float) -> None:
         """React to one marker at time ``t`` (s, local clock)."""
         if marker.get("event") == "onset":
+            if self.rig.clock.sync == "events":
+                self._syncs.append((t, int(marker["index"])))
             try:
                 rates = self.rates(self.pool.index(marker["stimulus"]))
             except KeyError:
@@ -115,6 +119,10 @@ class SpikeSimulator:
         self._episodes = [e for e in self._episodes if e.end > t1]
         return times[order], neurons[order]
 
+    def acquisition_clock(self, t: np.ndarray) -> np.ndarray:
+        """The simulated acquisition system's clock at local times ``t`` (offset and drift imposed)."""
+        return self.sim.clock_offset + self.clock_rate * np.asarray(t)
+
     def _push_counts(self, times: np.ndarray, neurons: np.ndarray, t0: float, t1: float,
                      bin_width: float) -> None:
         """Push spikes in [t0, t1) as counts per bin, each sample stamped at its bin's end."""
@@ -122,7 +130,7 @@ class SpikeSimulator:
         counts = np.zeros((n_bins, self.n), np.int32)
         which = np.minimum(((times - t0) / bin_width).astype(int), n_bins - 1)
         np.add.at(counts, (which, neurons), 1)
-        self.outlet.push_chunk(counts, t0 + bin_width * np.arange(1, n_bins + 1))
+        self.outlet.push_chunk(counts, self.acquisition_clock(t0 + bin_width * np.arange(1, n_bins + 1)))
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set (or the marker stream is resolved and the process is killed)."""
@@ -145,10 +153,16 @@ class SpikeSimulator:
                     continue
             times, neurons = self.spikes_between(done, now)
             if bin_width:
-                self._push_counts(times, neurons, done, now, bin_width)
-            elif len(times):
-                samples = np.column_stack([neurons + 1, np.ones_like(neurons)]).astype(np.int32)
-                self.outlet.push_chunk(samples, times)
+                self._push_counts(times, neurons, done, now, bin_width)  # counts carry no syncs
+            elif len(times) or self._syncs:
+                samples = np.column_stack([neurons + 1, np.ones_like(neurons)])
+                if self._syncs:  # the sync events of the onsets seen since the last push
+                    sync_times, indices = np.array(self._syncs).T
+                    self._syncs.clear()
+                    samples = np.vstack([np.column_stack([np.full(len(indices), self.rig.clock.sync_channel),
+                                                          indices]), samples])
+                    times = np.concatenate([sync_times, times])
+                self.outlet.push_chunk(samples.astype(np.int32), self.acquisition_clock(times))
             self.spikes_sent += len(times)
             done = now
         inlet.close_stream()
