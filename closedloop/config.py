@@ -147,6 +147,9 @@ class Rig(_Strict):
     max_latency: Annotated[
         float, Field(ge=0, description="s; longest delay of a spike on the network")
     ] = 0.05
+    stall_after: Annotated[
+        float, Field(gt=0, description="s without a spike sample before the stream counts as gone")
+    ] = 2.0
     units: list[UnitSpec] = []
     clock: ClockSpec = ClockSpec()
     simulation: SimulationSpec | None = None
@@ -219,6 +222,7 @@ class SelectionSpec(_Strict):
     batch: Annotated[int, Field(ge=1, description="images per decision")] = 4
     control_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
     no_repeat: Annotated[int, Field(ge=0, description="presentations before an image may return")] = 50
+    requeue_gaps: bool = Field(True, description="show again an image whose window a spike gap cut")
 
     @model_validator(mode="after")
     def _known_strategy(self) -> SelectionSpec:

@@ -51,6 +51,7 @@ class Progress:
     r_observed: float | None = None
     r_true: float | None = None
     clock_events: int = 0
+    gap_responses: int = 0
     turnaround_ms: list[float] = field(default_factory=list)
     final_accuracy: dict = field(default_factory=dict)
 
@@ -112,11 +113,14 @@ class _Schedule:
         self.candidates = candidates
         self.heldout = self.rng.permutation(heldout)
         self.queue: deque[int] = deque()
+        self.requeued: deque[int] = deque()  # shown again: a spike gap cut their window
 
     def next(self, i: int) -> tuple[str, int]:
         """(role, pool index) for presentation ``i``."""
         if i % self.every == self.every - 1:
             return "heldout", int(self.heldout[(i // self.every) % len(self.heldout)])
+        if self.requeued:
+            return "requeued", self.requeued.popleft()
         if self.rng.random() < self.control:
             return "control", int(self.rng.choice(self.candidates))
         if self.queue:
@@ -167,22 +171,31 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             aligner.add_spikes(times, channels, unit_ids)
             writer.spikes(times, channels, unit_ids)
 
+        requeue: deque[int] = deque()  # pool indices whose windows a spike gap cut (thread-safe appends)
+
         def on_tick(now):
             for r in aligner.complete(now):
                 record = {"index": r.index, "onset": r.onset, "counts": r.counts.tolist(), **r.info}
                 writer.log("responses", record)
+                progress.responses += 1
+                if r.info.get("gap"):  # incomplete counts: never trained on, shown again if asked
+                    progress.gap_responses += 1
+                    if protocol.selection.requeue_gaps and r.info["role"] != "heldout":
+                        requeue.append(r.info["pool_index"])
+                    continue
                 worker.send_response(r.info["pool_index"], r.counts, r.info["role"] == "heldout",
                                      pylsl.local_clock())
-                progress.responses += 1
 
-        def on_clock_event(event):
+        def on_stream_event(event):
             writer.log("events", event)
-            progress.clock_events += 1
+            if event["kind"].startswith("clock_"):
+                progress.clock_events += 1
 
         clock = ClockMap() if rig.clock.sync == "events" else None
         inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency, rig.spikes,
                            channels=max(u.channel for u in units), clock=clock,
-                           sync_channel=rig.clock.sync_channel, on_event=on_clock_event)
+                           sync_channel=rig.clock.sync_channel, on_event=on_stream_event,
+                           stall_after=rig.stall_after, on_gap=aligner.add_gap)
         inlet.start()
         presenter = open_presenter(rig.display, markers)
         schedule = _Schedule(protocol, candidates, heldout)
@@ -191,6 +204,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             _handle_worker(worker.messages(), schedule, writer, progress)
             if inlet.error is not None:
                 raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
+            while requeue:
+                schedule.requeued.append(requeue.popleft())
             role, index = schedule.next(i)
             if role == "fallback":
                 progress.deadline_misses += 1
@@ -245,7 +260,7 @@ def _clock_summary(rig: Rig, clock: ClockMap | None, progress: Progress) -> dict
 
 def _drain(aligner: ResponseAligner, protocol: Protocol, rig: Rig) -> None:
     """Wait (bounded) for the last response windows to close."""
-    deadline = time.monotonic() + protocol.window.end + rig.max_latency + 2.0
+    deadline = time.monotonic() + protocol.window.end + max(rig.max_latency, rig.stall_after) + 2.0
     while aligner.pending and time.monotonic() < deadline:
         time.sleep(0.01)
 
@@ -286,6 +301,8 @@ def _summary(protocol, rig, units, session_dir, progress, model_info, duration, 
         "presentations": progress.presented,
         "responses": len(record.responses),
         "deadline_misses": progress.deadline_misses,
+        "spike_gaps": [{"start": a, "end": b} for a, b in inlet.gaps],
+        "gap_responses": progress.gap_responses,
         "dropped_frames": progress.dropped_frames,
         "spikes": int(inlet.received),
         "unknown_spikes": aligner.unknown_spikes,

@@ -35,7 +35,8 @@ class SpikeInlet:
     Timestamps are moved onto this machine's LSL clock with
     ``inlet.time_correction()`` (refreshed every few seconds). After every pull
     ``on_tick(acquisition_time)`` is called: the time up to which all spikes
-    are known to have arrived, ``max(newest spike, local_clock() - max_latency)``.
+    are known to have arrived: the newest stamp, or, when the stream is
+    quiet, ``local_clock() - max(max_latency, stall_after)``.
 
     Parameters
     ----------
@@ -64,13 +65,23 @@ class SpikeInlet:
     on_event : callable(dict), optional
         Receives clock anomalies: stamps going backwards by more than 1 ms
         (``clock_backwards``), or jumping ahead more than 1 s beyond the
-        wall clock (``clock_jump``).
+        wall clock (``clock_jump``); and the end of every gap (``spike_gap``,
+        with ``start`` and ``end`` on this machine's clock).
+    stall_after : float
+        Seconds without a single sample after which the stream counts as gone
+        (cable pulled, acquisition software restarting). From then on the
+        acquisition time stops advancing, so no response window closes on
+        missing data; when samples come back (the inlet reconnects by itself)
+        the gap is reported to ``on_gap(start, end)`` and ``on_event``.
+    on_gap : callable(start, end), optional
+        Receives each gap, seconds on this machine's clock.
     """
 
     def __init__(self, info: pylsl.StreamInfo, on_spikes: SpikeCallback, on_tick: TickCallback,
                  max_latency: float = 0.05, spec: SpikeStreamSpec | None = None, channels: int = 0,
                  clock: ClockMap | None = None, sync_channel: int = 0,
-                 on_event: Callable[[dict], None] | None = None):
+                 on_event: Callable[[dict], None] | None = None, stall_after: float = 2.0,
+                 on_gap: Callable[[float, float], None] | None = None):
         self.spec = spec or SpikeStreamSpec(name=info.name(), type=info.type())
         check_spike_stream(info, self.spec, channels)
         self.half_bin = 0.5 / info.nominal_srate() if self.spec.format == "counts" else 0.0
@@ -83,6 +94,9 @@ class SpikeInlet:
         self.offset = 0.0  # s, latest time correction
         self.clock, self.sync_channel, self._on_event = clock, sync_channel, on_event
         self.clock_events = 0
+        self.stall_after, self._on_gap = stall_after, on_gap
+        self.gaps: list[tuple[float, float]] = []
+        self.in_gap_since: float | None = None  # s, local clock: the newest stamp before the gap
         self._last: tuple[float, float] | None = None  # (latest stamp, monotonic time it came)
         self.received = 0
         self.error: BaseException | None = None
@@ -104,6 +118,7 @@ class SpikeInlet:
         newest = -np.inf  # s, local clock: the latest stamp seen, corrected
         held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # raw spikes awaiting the clock map
         next_clock = time.monotonic() + CLOCK_REFRESH
+        last_arrival = time.monotonic()
         try:
             while not self._stop.is_set():
                 samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=MAX_CHUNK,
@@ -111,7 +126,16 @@ class SpikeInlet:
                 if self.clock is None and time.monotonic() > next_clock:
                     self.offset = self._inlet.time_correction(timeout=1.0)
                     next_clock = time.monotonic() + CLOCK_REFRESH
+                if not len(stamps) and time.monotonic() - last_arrival > self.stall_after:
+                    if self.in_gap_since is None:
+                        self.in_gap_since = newest if np.isfinite(newest) else pylsl.local_clock()
+                        log.warning("spike stream %r: no samples for %.1f s; waiting for it to return",
+                                    self.name, self.stall_after)
+                    continue  # acquisition time stands still: no window closes on missing data
                 if len(stamps):
+                    last_arrival = time.monotonic()
+                    if self.in_gap_since is not None:
+                        self._end_gap(float(self._to_local(stamps[:1])[0]))
                     times, channels, units = self._decode(samples, stamps)
                     if self.clock is not None:
                         sync = channels == self.sync_channel
@@ -128,9 +152,21 @@ class SpikeInlet:
                         if len(times):
                             self._on_spikes(self._to_local(times), channels, units)
                 if self.clock is None or self.clock.ready:
-                    self._on_tick(max(newest, pylsl.local_clock() - self.max_latency))
+                    # Silence confirms nothing until stall_after: a dead stream is silent too.
+                    quiet = max(self.max_latency, self.stall_after)
+                    self._on_tick(max(newest, pylsl.local_clock() - quiet))
         except BaseException as exc:  # surfaced by the session loop, never swallowed
             self.error = exc
+
+    def _end_gap(self, end: float) -> None:
+        start, self.in_gap_since = self.in_gap_since, None
+        self.gaps.append((start, end))
+        log.warning("spike stream %r: back after a gap from %.3f to %.3f s", self.name, start, end)
+        if self._on_gap is not None:
+            self._on_gap(start, end)
+        if self._on_event is not None:
+            self._on_event({"kind": "spike_gap", "stream": self.name, "start": start, "end": end,
+                            "seconds": end - start, "time": pylsl.local_clock()})
 
     def _to_local(self, times: np.ndarray) -> np.ndarray:
         """Stream stamps (s) on this machine's clock: through the sync fit, or LSL's correction."""

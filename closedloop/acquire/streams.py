@@ -10,7 +10,7 @@ from closedloop.config import SpikeStreamSpec, StreamSpec
 from closedloop.errors import ClosedLoopError
 
 SPIKE_CHANNELS = ("channel", "unit")
-GATHER = 0.5  # s to collect every outlet answering to a name once one has
+GATHER = 1.0  # s to collect every outlet answering to a name once one has
 ANSWER_ALL = 1000  # "as many as answer": resolve until GATHER runs out
 
 

@@ -15,7 +15,8 @@ class Response:
     index: int
     onset: float  # s, acquisition clock (LSL local clock of the stimulus PC)
     counts: np.ndarray  # (units,) spikes in [onset + start, onset + end)
-    info: dict = field(default_factory=dict)  # what the presenter attached
+    info: dict = field(default_factory=dict)  # what the presenter attached; "gap": True if
+    # the window overlaps a stretch of lost spikes (its counts are then incomplete)
 
 
 class ResponseAligner:
@@ -41,6 +42,7 @@ class ResponseAligner:
         self._times = np.zeros(0)
         self._units = np.zeros(0, dtype=int)
         self.unknown_spikes = 0  # spikes from (channel, unit) pairs not in the rig
+        self._gaps: list[tuple[float, float]] = []
 
     def add_onset(self, index: int, onset: float, info: dict | None = None) -> None:
         """Register presentation ``index`` shown at ``onset`` (seconds)."""
@@ -56,6 +58,11 @@ class ResponseAligner:
             self.unknown_spikes += int((~known).sum())
             self._times = np.concatenate([self._times, np.asarray(times, float)[known]])
             self._units = np.concatenate([self._units, idx[known]])
+
+    def add_gap(self, start: float, end: float) -> None:
+        """Spikes between ``start`` and ``end`` (s) were lost: windows overlapping it are flagged."""
+        with self._lock:
+            self._gaps.append((start, end))
 
     def complete(self, now: float) -> list[Response]:
         """Responses whose window ended before acquisition time ``now``, oldest first."""
@@ -78,7 +85,9 @@ class ResponseAligner:
     def _count(self, index: int, onset: float, info: dict) -> Response:
         inside = (self._times >= onset + self.start) & (self._times < onset + self.end)
         counts = np.bincount(self._units[inside], minlength=self.n_units)
-        return Response(index, onset, counts, info)
+        a, b = onset + self.start, onset + self.end
+        gap = any(start < b and end > a for start, end in self._gaps)
+        return Response(index, onset, counts, {**info, "gap": True} if gap else info)
 
     def _forget_before(self, t: float) -> None:
         keep = self._times >= t

@@ -121,3 +121,45 @@ def test_a_stray_outlet_with_the_same_name_is_refused(stream_name):
     with pytest.raises(ClosedLoopError, match="host .*not 'rig-pc-7'"):
         resolve_stream(wrong_host, timeout=1.0)
     del stray, real
+
+
+def test_a_stream_that_drops_out_and_returns_leaves_a_recorded_gap(stream_name):
+    """The outlet vanishes (acquisition software restarts) and comes back with the same source_id."""
+    spec = StreamSpec(name=stream_name, type="Spikes")
+    outlet = pylsl.StreamOutlet(spike_stream_info(spec, "nsp"))
+    info = resolve_stream(spec, timeout=5)
+    gaps, ticks, events = [], [], []
+    back = threading.Event()
+    arrived = {"before": 0, "after": 0}
+
+    def on_spikes(times, channels, units):
+        arrived["after" if gaps else "before"] += len(times)
+        if gaps and arrived["after"]:
+            back.set()
+
+    def on_gap(start, end):
+        gaps.append((start, end))
+
+    inlet = SpikeInlet(info, on_spikes, ticks.append, stall_after=0.5, on_gap=on_gap, on_event=events.append)
+    inlet.start()
+    one = np.ones((5, 2), np.int32)
+    outlet.push_chunk(one, pylsl.local_clock() + np.zeros(5))
+    while not arrived["before"]:
+        ticks.clear()  # wait on the first spikes' arrival
+        threading.Event().wait(0.01)
+    lost_at = pylsl.local_clock()
+    del outlet  # gone
+    threading.Event().wait(1.5)  # longer than stall_after: the inlet must notice
+    frozen = max(ticks)
+    assert inlet.in_gap_since is not None and frozen < lost_at + 0.1  # time stopped advancing
+    outlet = pylsl.StreamOutlet(spike_stream_info(spec, "nsp"))  # the restart
+    deadline = pylsl.local_clock() + 20
+    while not back.is_set() and pylsl.local_clock() < deadline:
+        outlet.push_chunk(one, pylsl.local_clock() + np.zeros(5))
+        back.wait(0.1)
+    inlet.stop()
+    assert back.is_set(), "the inlet did not reconnect"
+    assert len(gaps) == 1 and gaps[0][0] <= lost_at < gaps[0][1]
+    assert events[-1]["kind"] == "spike_gap" and events[-1]["end"] == gaps[0][1]
+    assert max(ticks) > gaps[0][1] - 0.1  # and time moves again
+    del outlet

@@ -42,3 +42,15 @@ def test_unknown_units_are_counted_not_attributed():
     aligner.add_spikes(np.array([0.5, 0.6]), np.array([1, 9]), np.array([1, 1]))
     assert aligner.complete(1.0)[0].counts.tolist() == [1]
     assert aligner.unknown_spikes == 1
+
+
+def test_windows_overlapping_a_gap_are_flagged_not_silently_zero():
+    aligner = ResponseAligner([(1, 1)], 0.05, 0.15)
+    for i, onset in enumerate([10.0, 10.2, 10.4]):
+        aligner.add_onset(i, onset, {"role": "chosen"})
+    aligner.add_spikes(np.array([10.1, 10.5]), np.array([1, 1]), np.array([1, 1]))
+    aligner.add_gap(10.27, 10.30)  # inside presentation 1's window [10.25, 10.35)
+    responses = aligner.complete(11.0)
+    assert [r.info.get("gap", False) for r in responses] == [False, True, False]
+    assert [r.counts.tolist() for r in responses] == [[1], [0], [1]]
+    assert responses[1].info["role"] == "chosen"  # what the presenter attached is kept
