@@ -60,12 +60,14 @@ def _progress_table(progress, title: str) -> Table:
     return table
 
 
-def _run(protocol, rig, out: Path, title: str) -> dict:
+def _run(protocol, rig, out: Path, title: str, session: Path | None = None) -> dict:
+    """Run a new session in ``out`` (or resume ``session``) with a live progress display."""
     from closedloop.loop import run_session
 
-    session = _session_dir(out, protocol.protocol.name)
+    resume = session is not None
+    session = session or _session_dir(out, protocol.protocol.name)
     with Live(console=console, refresh_per_second=4, transient=False) as live:
-        summary = run_session(protocol, rig, session,
+        summary = run_session(protocol, rig, session, resume=resume,
                               on_progress=lambda p: live.update(_progress_table(p, title)))
     console.print(f"session recorded in {session}")
     return summary
@@ -83,6 +85,17 @@ def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None) -> None
 
     proto = _with_strategy(load_protocol(protocol), strategy)
     summary = _run(proto, load_rig(rig_path), out, f"{proto.protocol.name} ({proto.selection.strategy})")
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.argument("session", type=click.Path(path_type=Path))
+def resume(session: Path) -> None:
+    """Continue SESSION where it stopped (a killed or failed run), with its own protocol and rig."""
+    import json
+
+    protocol, rig = load_protocol(session / "protocol.json"), load_rig(session / "rig.json")
+    summary = _run(protocol, rig, session.parent, f"{protocol.protocol.name} (resumed)", session=session)
     click.echo(json.dumps(summary, indent=2))
 
 

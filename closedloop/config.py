@@ -9,6 +9,7 @@ error names the file and the field.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -260,11 +261,18 @@ def _describe(error: ValidationError) -> str:
 
 
 def _load(path: Path | str, model: type[BaseModel], what: str):
+    """Validate a TOML file, or the resolved JSON a session directory keeps."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            data.pop("recorded_units", None)  # the session's own note, not configuration
+        else:
+            data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ClosedLoopError(f"{what} file {path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise ClosedLoopError(f"{what} file {path}: not valid JSON ({exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ClosedLoopError(f"{what} file {path}: not valid TOML ({exc})") from None
     try:

@@ -30,7 +30,7 @@ from closedloop.errors import ClosedLoopError
 from closedloop.model.worker import ModelWorker, WorkerConfig
 from closedloop.present import open_presenter
 from closedloop.present.markers import MarkerOutlet
-from closedloop.record import SessionWriter
+from closedloop.record import SessionWriter, read_session
 from closedloop.stimuli import StimulusPool, generate_pool
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class _Schedule:
 
 
 def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
-                on_progress: Callable[[Progress], None] | None = None) -> dict:
+                on_progress: Callable[[Progress], None] | None = None, resume: bool = False) -> dict:
     """Run one closed-loop session and return its summary.
 
     Parameters
@@ -140,15 +140,29 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         Directory to create; everything recorded goes there.
     on_progress : callable, optional
         Called with a :class:`Progress` after every presentation.
+    resume : bool
+        Continue the session already in ``session_dir`` (its protocol, rig and
+        pool): the model first learns every recorded response, and
+        presentation numbering goes on after the last recorded marker.
     """
     p = protocol.protocol
     units = session_units(rig)
-    pool = generate_pool(protocol.pool.families, protocol.pool.size_px, p.seed)
+    if resume:
+        record = read_session(session_dir)
+        pool, first = record.pool, 1 + max((m["index"] for m in record.markers), default=-1)
+        if first >= p.presentations:
+            raise ClosedLoopError(f"session {session_dir}: all {p.presentations} presentations are recorded")
+        writer = SessionWriter.reopen(session_dir)
+        answered = {r["index"] for r in record.responses}
+        writer.log("events", {"kind": "resumed", "from_presentation": first, "time": pylsl.local_clock(),
+                              "unanswered": sorted({m["index"] for m in record.markers} - answered)})
+    else:
+        pool, first = generate_pool(protocol.pool.families, protocol.pool.size_px, p.seed), 0
+        writer = SessionWriter(session_dir, to_jsonable(protocol), {**to_jsonable(rig), "recorded_units":
+                               [u.model_dump() for u in units]}, pool)
     candidates, heldout = split_pool(len(pool), protocol.heldout.images, p.seed)
-    writer = SessionWriter(session_dir, to_jsonable(protocol), {**to_jsonable(rig), "recorded_units":
-                           [u.model_dump() for u in units]}, pool)
     stimuli_path = session_dir / "stimuli.npz"
-    progress = Progress(total=p.presentations)
+    progress = Progress(total=p.presentations, presented=first)
     summary: dict = {"status": "aborted", "session": str(session_dir)}
     simulator = worker = inlet = presenter = None
     started = time.monotonic()
@@ -163,6 +177,11 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             candidates=tuple(candidates.tolist()), heldout=tuple(heldout.tolist()), seed=p.seed,
             truth=rig.simulation if rig.rig.simulated else None))
         model_info = worker.start()
+        if resume:  # what the animal already showed us
+            for r in record.responses:
+                if not r.get("gap"):
+                    worker.send_response(r["pool_index"], np.array(r["counts"]), r["role"] == "heldout",
+                                         pylsl.local_clock())
 
         aligner = ResponseAligner([(u.channel, u.unit) for u in units],
                                   protocol.window.start, protocol.window.end)
@@ -200,7 +219,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         presenter = open_presenter(rig.display, markers)
         schedule = _Schedule(protocol, candidates, heldout)
 
-        for i in range(p.presentations):
+        for i in range(first, p.presentations):
             _handle_worker(worker.messages(), schedule, writer, progress)
             if inlet.error is not None:
                 raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
@@ -283,8 +302,6 @@ def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progres
 
 
 def _summary(protocol, rig, units, session_dir, progress, model_info, duration, inlet, aligner) -> dict:
-    from closedloop.record import read_session
-
     record = read_session(session_dir)  # what is on disk is what we summarise
     counts = {}
     for r in record.responses:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from closedloop.stimuli import generate_pool
@@ -116,15 +117,16 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def test_killed_run_keeps_every_completed_presentation(tmp_path, stream_name, sim_files):
-    """kill -9 mid-session: what was recorded reads back, and the simulator does not linger."""
+def test_killed_run_keeps_every_completed_presentation_and_resumes(tmp_path, stream_name, sim_files):
+    """kill -9 mid-session: what was recorded reads back, the simulator does not linger, and
+    `closedloop resume` finishes the session in the same directory."""
     import signal
     import time
 
     from closedloop.record import read_session
 
     sim_files.rig(tmp_path / "rig.toml", stream_name)
-    sim_files.protocol(tmp_path / "protocol.toml", 1000)
+    sim_files.protocol(tmp_path / "protocol.toml", 60)
     run = subprocess.Popen([sys.executable, "-m", "closedloop", "run", tmp_path / "protocol.toml",
                             "--rig", tmp_path / "rig.toml", "--out", tmp_path / "sessions"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -151,3 +153,19 @@ def test_killed_run_keeps_every_completed_presentation(tmp_path, stream_name, si
     while _processes_mentioning(str(session)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _processes_mentioning(str(session)), "the simulator outlived the killed run"
+
+    result = closedloop("resume", session)
+    assert result.returncode == 0, result.stderr
+    resumed = read_session(session)
+    indices = [m["index"] for m in resumed.markers]
+    assert indices == list(range(60))  # numbering goes on after the last recorded marker
+    assert resumed.summary["presentations"] == 60 and resumed.summary["status"] == "complete"
+    first_new = len(record.markers)
+    answered = {r["index"] for r in resumed.responses}
+    assert set(range(first_new, 60)) <= answered  # every presentation after the resume answered
+    assert resumed.responses[:len(record.responses)] == record.responses  # nothing before was lost
+    assert len(resumed.spikes) > len(record.spikes)
+    assert np.array_equal(resumed.spikes[:len(record.spikes)], record.spikes)
+    assert any(e["kind"] == "resumed" and e["from_presentation"] == first_new for e in resumed.events)
+    again = closedloop("resume", session)  # a finished session refuses to go on
+    assert "all 60 presentations are recorded" in error_line(again)

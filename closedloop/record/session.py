@@ -49,6 +49,31 @@ class SessionWriter:
         (self.path / "protocol.json").write_text(json.dumps(protocol, indent=2))
         (self.path / "rig.json").write_text(json.dumps(rig, indent=2))
         pool.save(self.path / "stimuli.npz")
+        self._open()
+
+    @classmethod
+    def reopen(cls, path: Path | str) -> SessionWriter:
+        """Append to an existing session (``closedloop resume``).
+
+        A record cut short by a killed run is removed first, so appended
+        records start on a fresh line; ``summary.json`` is removed until the
+        session ends again.
+        """
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        for name in LOGS:
+            log = self.path / f"{name}.jsonl"
+            text = log.read_bytes()
+            log.write_bytes(text[:text.rfind(b"\n") + 1])
+        spikes = self.path / "spikes.bin"
+        size = spikes.stat().st_size
+        with open(spikes, "r+b") as f:
+            f.truncate(size - size % SPIKE_DTYPE.itemsize)
+        (self.path / "summary.json").unlink(missing_ok=True)
+        self._open()
+        return self
+
+    def _open(self) -> None:
         self._files = {name: open(self.path / f"{name}.jsonl", "a") for name in LOGS}
         self._spikes = open(self.path / "spikes.bin", "ab")
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
