@@ -112,10 +112,27 @@ class SimulationSpec(_Strict):
     mean_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 24.0
     gain: Annotated[float, Field(gt=0)] = 1.0
     max_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 200.0
+    display_lag: Annotated[float, Field(ge=0, description="s from the flip to the light")] = 0.0
+    photodiode_rate: Annotated[float, Field(gt=0, description="samples/s of the photodiode")] = 1000.0
     clock_offset: Annotated[float, Field(description="s the acquisition clock runs ahead")] = 0.0
     clock_drift_ppm: Annotated[float, Field(ge=-1000, le=1000, description="ppm")] = 0.0
     calibration_images: Annotated[int, Field(gt=1)] = 256
     neurons: list[NeuronSpec] = Field(min_length=1)
+
+
+class PhotodiodeSpec(StreamSpec):
+    """An optional photodiode stream that times each onset by the light itself.
+
+    ``analog``: a regular stream; a light change is a rise of channel
+    ``channel`` (from 0) through ``threshold``, timed by interpolating between
+    samples. ``events``: one sample per detected light change. Each onset is
+    moved to the first light change within ``max_delay`` seconds after its flip.
+    """
+
+    format: Literal["analog", "events"] = "analog"
+    channel: Annotated[int, Field(ge=0)] = 0
+    threshold: float = 0.5
+    max_delay: Annotated[float, Field(gt=0, description="s")] = 0.1
 
 
 class ClockSpec(_Strict):
@@ -153,6 +170,7 @@ class Rig(_Strict):
     ] = 2.0
     units: list[UnitSpec] = []
     clock: ClockSpec = ClockSpec()
+    photodiode: PhotodiodeSpec | None = None
     simulation: SimulationSpec | None = None
     source: Path | None = Field(default=None, exclude=True)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pylsl
 
 from closedloop.acquire.spikes import SpikeInlet
+from closedloop.acquire.photodiode import PhotodiodeInlet
 from closedloop.acquire.streams import resolve_stream
 from closedloop.align.clock import ClockMap
 from closedloop.align.windows import ResponseAligner
@@ -164,13 +165,14 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
     stimuli_path = session_dir / "stimuli.npz"
     progress = Progress(total=p.presentations, presented=first)
     summary: dict = {"status": "aborted", "session": str(session_dir)}
-    simulator = worker = inlet = presenter = None
+    simulator = worker = inlet = presenter = photodiode = None
     started = time.monotonic()
     try:
         markers = MarkerOutlet(rig.markers, source_id=f"closedloop-markers-{session_dir.name}")
         if rig.rig.simulated:
             simulator = start_simulator(rig.source, stimuli_path, session_dir / "simulator.log")
         spike_info = _resolve_spikes(rig, simulator, session_dir / "simulator.log")
+        photodiode_info = resolve_stream(rig.photodiode, rig.resolve_timeout) if rig.photodiode else None
 
         worker = ModelWorker(WorkerConfig(
             pool_path=stimuli_path, units=len(units), model=protocol.model, selection=protocol.selection,
@@ -183,8 +185,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                     worker.send_response(r["pool_index"], np.array(r["counts"]), r["role"] == "heldout",
                                          pylsl.local_clock())
 
-        aligner = ResponseAligner([(u.channel, u.unit) for u in units],
-                                  protocol.window.start, protocol.window.end)
+        aligner = ResponseAligner([(u.channel, u.unit) for u in units], protocol.window.start,
+                                  protocol.window.end, rig.photodiode.max_delay if rig.photodiode else 0.1)
 
         def on_spikes(times, channels, unit_ids):
             aligner.add_spikes(times, channels, unit_ids)
@@ -193,8 +195,11 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         requeue: deque[int] = deque()  # pool indices whose windows a spike gap cut (thread-safe appends)
 
         def on_tick(now):
-            for r in aligner.complete(now):
+            settled = photodiode.covered_until - rig.photodiode.max_delay if photodiode else np.inf
+            for r in aligner.complete(now, settled):
                 record = {"index": r.index, "onset": r.onset, "counts": r.counts.tolist(), **r.info}
+                if photodiode and "flip" not in r.info:
+                    record["photodiode_missed"] = True
                 writer.log("responses", record)
                 progress.responses += 1
                 if r.info.get("gap"):  # incomplete counts: never trained on, shown again if asked
@@ -211,6 +216,10 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                 progress.clock_events += 1
 
         clock = ClockMap() if rig.clock.sync == "events" else None
+        if photodiode_info is not None:
+            photodiode = PhotodiodeInlet(photodiode_info, rig.photodiode,
+                                         aligner.add_light)
+            photodiode.start()
         inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency, rig.spikes,
                            channels=max(u.channel for u in units), clock=clock,
                            sync_channel=rig.clock.sync_channel, on_event=on_stream_event,
@@ -223,6 +232,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             _handle_worker(worker.messages(), schedule, writer, progress)
             if inlet.error is not None:
                 raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
+            if photodiode is not None and photodiode.error is not None:
+                raise ClosedLoopError(f"photodiode stream {photodiode.name!r}: {photodiode.error}")
             while requeue:
                 schedule.requeued.append(requeue.popleft())
             role, index = schedule.next(i)
@@ -250,6 +261,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         summary = _summary(protocol, rig, units, session_dir, progress, model_info,
                            time.monotonic() - started, inlet, aligner)
         summary["clock"] = _clock_summary(rig, clock, progress)
+        if photodiode is not None:
+            summary["photodiode"] = _photodiode_summary(read_session(session_dir).responses)
         if on_progress:
             on_progress(progress)
         return summary
@@ -258,12 +271,23 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             presenter.close()
         if inlet is not None:
             inlet.stop()
+        if photodiode is not None:
+            photodiode.stop()
         if worker is not None and worker.process.is_alive():
             worker.process.terminate()
         if simulator is not None:
             simulator.terminate()
             simulator.wait(timeout=10)
         writer.close(summary)
+
+
+def _photodiode_summary(responses: list[dict]) -> dict:
+    """Distribution of the photodiode's onset corrections (ms, light minus flip) and the misses."""
+    ms = np.array([r["photodiode_correction"] for r in responses if "photodiode_correction" in r]) * 1e3
+    quantiles = dict(zip(("min", "p5", "median", "p95", "max"),
+                         np.percentile(ms, [0, 5, 50, 95, 100]).round(3).tolist())) if len(ms) else {}
+    return {"corrected": len(ms), "missed": sum("photodiode_missed" in r for r in responses),
+            "correction_ms": quantiles}
 
 
 def _clock_summary(rig: Rig, clock: ClockMap | None, progress: Progress) -> dict:

@@ -114,3 +114,23 @@ def test_an_hour_of_clock_offset_and_100_ppm_drift_are_aligned(tmp_path, sim_fil
     counts = np.array([r["counts"] for r in record.responses])
     window = record.protocol["window"]["end"] - record.protocol["window"]["start"]
     assert counts.mean() > 3 * record.rig["simulation"]["baseline_rate"] * window
+
+
+def test_a_photodiode_moves_each_onset_to_the_light(tmp_path, sim_files):
+    """The simulated monitor lights up 12 ms after each flip; the photodiode finds every one."""
+    sim_files.rig(tmp_path / "rig.toml", f"cltest-pd-{tmp_path.name}")
+    text = (tmp_path / "rig.toml").read_text()
+    text = text.replace("[simulation]\n", f"[photodiode]\nname = \"cltest-pd-{tmp_path.name}-light\"\n"
+                        "type = \"Photodiode\"\n[simulation]\ndisplay_lag = 0.012\n")
+    (tmp_path / "rig.toml").write_text(text)
+    sim_files.protocol(tmp_path / "protocol.toml", 40)
+    summary = run_session(load_protocol(tmp_path / "protocol.toml"), load_rig(tmp_path / "rig.toml"),
+                          tmp_path / "session")
+    record = read_session(tmp_path / "session")
+    assert summary["responses"] == 40 and summary["photodiode"]["missed"] == 0
+    assert summary["photodiode"]["corrected"] == 40
+    corrections = np.array([r["photodiode_correction"] for r in record.responses])
+    np.testing.assert_allclose(corrections, 0.012, atol=0.0015)  # 1 kHz trace, interpolated
+    flips = {m["index"]: m["onset"] for m in record.markers}
+    for r in record.responses:  # the response's onset is the light; the marker keeps the flip
+        assert r["flip"] == flips[r["index"]] and r["onset"] == pytest.approx(r["flip"] + r["photodiode_correction"])

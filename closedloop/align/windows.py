@@ -31,9 +31,12 @@ class ResponseAligner:
         The recorded units, in the order of the counts.
     start, end : float
         Response window in seconds after onset.
+    light_window : float
+        With a photodiode: seconds after a flip in which its light change counts.
     """
 
-    def __init__(self, units: list[tuple[int, int]], start: float, end: float):
+    def __init__(self, units: list[tuple[int, int]], start: float, end: float,
+                 light_window: float = 0.1):
         self._unit_of = {tuple(u): i for i, u in enumerate(units)}
         self.n_units = len(units)
         self.start, self.end = start, end
@@ -43,11 +46,15 @@ class ResponseAligner:
         self._units = np.zeros(0, dtype=int)
         self.unknown_spikes = 0  # spikes from (channel, unit) pairs not in the rig
         self._gaps: list[tuple[float, float]] = []
+        self.light_window = light_window  # s after a flip in which its light change may come
+        self._lights: list[float] = []  # photodiode light changes not yet matched to a flip
 
     def add_onset(self, index: int, onset: float, info: dict | None = None) -> None:
         """Register presentation ``index`` shown at ``onset`` (seconds)."""
         with self._lock:
             self._pending.append((index, onset, info or {}))
+            if self._lights:
+                self._match_lights()
 
     def add_spikes(self, times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> None:
         """Add spikes (times in seconds on the acquisition clock, corrected)."""
@@ -64,13 +71,45 @@ class ResponseAligner:
         with self._lock:
             self._gaps.append((start, end))
 
-    def complete(self, now: float) -> list[Response]:
-        """Responses whose window ended before acquisition time ``now``, oldest first."""
+    def add_light(self, light: float) -> None:
+        """A photodiode saw the screen change at ``light`` (s): it becomes the onset it belongs to.
+
+        The onset is the latest uncorrected flip at most ``light_window`` s
+        before the light. Lights may come before their flip is registered;
+        they wait here until it is.
+        """
         with self._lock:
-            done = [p for p in self._pending if p[1] + self.end <= now]
+            self._lights.append(light)
+            self._match_lights()
+
+    def _match_lights(self) -> None:
+        unmatched = []
+        for light in self._lights:
+            for k in range(len(self._pending) - 1, -1, -1):
+                index, onset, info = self._pending[k]
+                if "flip" not in info and onset <= light <= onset + self.light_window:
+                    self._pending[k] = (index, light, {**info, "flip": onset,
+                                                       "photodiode_correction": light - onset})
+                    break
+            else:
+                unmatched.append(light)
+        latest = max((p[1] for p in self._pending), default=-np.inf)
+        self._lights = [t for t in unmatched if t > latest - 10 * self.light_window]  # keep recent ones
+
+    def complete(self, now: float, settled: float = np.inf) -> list[Response]:
+        """Responses whose window ended before acquisition time ``now``, oldest first.
+
+        Only onsets (as flipped) before ``settled`` are completed: later ones
+        may still be moved by :meth:`add_light`.
+        """
+        with self._lock:
+            def ready(p):
+                return p[1] + self.end <= now and p[2].get("flip", p[1]) < settled
+
+            done = [p for p in self._pending if ready(p)]
             if not done:
                 return []
-            self._pending = [p for p in self._pending if p[1] + self.end > now]
+            self._pending = [p for p in self._pending if not ready(p)]
             responses = [self._count(*p) for p in done]
             # Future onsets are at least ``now - end`` (they are registered just after their flip).
             oldest = min((p[1] for p in self._pending), default=now - self.end)

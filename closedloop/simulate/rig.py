@@ -24,6 +24,7 @@ from closedloop.stimuli import StimulusPool
 log = logging.getLogger(__name__)
 
 STEP = 0.002  # s between spike batches
+MARKER_SLACK = 0.02  # s: the photodiode trace is pushed once every marker up to it has arrived
 
 
 def simulated_units(rig: Rig) -> list[UnitSpec]:
@@ -66,6 +67,13 @@ class SpikeSimulator:
         self._episodes: list[_Episode] = []
         self.unknown_stimuli = 0
         self._syncs: list[tuple[float, int]] = []  # (local time, presentation index) to send
+        self.delay = self.sim.display_lag + self.sim.latency  # s from a flip to the neurons' response
+        self._light: list[list[float]] = []  # [on, off] s, local clock: when the screen showed an image
+        self.photodiode = None
+        if rig.photodiode is not None:
+            pd = pylsl.StreamInfo(rig.photodiode.name, rig.photodiode.type, 1, self.sim.photodiode_rate,
+                                  pylsl.cf_float32, rig.photodiode.source_id or f"closedloop-sim-pd-{rig.rig.name}")
+            self.photodiode = pylsl.StreamOutlet(pd)
         self.clock_rate = 1.0 + self.sim.clock_drift_ppm * 1e-6
         self.spikes_sent = 0
         source_id = rig.spikes.source_id or f"closedloop-sim-{rig.rig.name}"
@@ -93,13 +101,19 @@ class SpikeSimulator:
                 log.warning("unknown stimulus %s in presentation %s: no driven response",
                             marker.get("stimulus"), marker.get("index"))
                 return
+            light = t + self.sim.display_lag
+            for span in self._light:
+                span[1] = min(span[1], light)
+            self._light.append([light, np.inf])
             for episode in self._episodes:  # a new image ends whatever was on before
-                episode.end = min(episode.end, t + self.sim.latency)
-            self._episodes.append(_Episode(marker["index"], t + self.sim.latency, rates))
+                episode.end = min(episode.end, t + self.delay)
+            self._episodes.append(_Episode(marker["index"], t + self.delay, rates))
         elif marker.get("event") == "offset":
+            if self._light:
+                self._light[-1][1] = min(self._light[-1][1], t + self.sim.display_lag)
             for episode in self._episodes:
                 if episode.index == marker["index"]:
-                    episode.end = t + self.sim.latency
+                    episode.end = t + self.delay
 
     def spikes_between(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
         """Poisson spikes in [t0, t1): sorted times and neuron indices."""
@@ -118,6 +132,19 @@ class SpikeSimulator:
         order = np.argsort(times)
         self._episodes = [e for e in self._episodes if e.end > t1]
         return times[order], neurons[order]
+
+    def push_photodiode(self, t0: float, t1: float) -> float:
+        """Photodiode samples (1 with an image on screen, else 0) from ``t0`` up to ``t1``; returns the next."""
+        period = 1.0 / self.sim.photodiode_rate
+        times = t0 + period * np.arange(int((t1 - t0) / period))
+        if not len(times):
+            return t0
+        lit = np.zeros(len(times), np.float32)
+        for on, off in self._light:
+            lit[(times >= on) & (times < off)] = 1.0
+        self.photodiode.push_chunk(lit[:, None], times)
+        self._light = [span for span in self._light if span[1] > times[-1]]
+        return float(times[-1] + period)
 
     def acquisition_clock(self, t: np.ndarray) -> np.ndarray:
         """The simulated acquisition system's clock at local times ``t`` (offset and drift imposed)."""
@@ -139,7 +166,7 @@ class SpikeSimulator:
         inlet.open_stream(timeout=5.0)
         offset = inlet.time_correction(timeout=5.0)
         bin_width = 1.0 / self.rig.spikes.rate if self.rig.spikes.format == "counts" else 0.0
-        done = pylsl.local_clock()
+        done = light_done = pylsl.local_clock()
         if bin_width:
             done = np.floor(done / bin_width) * bin_width
         while not stop.is_set():
@@ -147,6 +174,8 @@ class SpikeSimulator:
             for (text,), stamp in zip(markers, stamps):
                 self.on_marker(parse_marker(text), stamp + offset)
             now = pylsl.local_clock()
+            if self.photodiode is not None:
+                light_done = self.push_photodiode(light_done, now - MARKER_SLACK)
             if bin_width:
                 now = np.floor(now / bin_width) * bin_width  # whole bins only
                 if now <= done:
