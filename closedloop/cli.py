@@ -99,6 +99,35 @@ def resume(session: Path) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+@main.command()
+@click.argument("session", type=click.Path(path_type=Path))
+@click.option("--nwb", "nwb_path", required=True, type=click.Path(path_type=Path), help="NWB file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def export(session: Path, nwb_path: Path, overwrite: bool) -> None:
+    """Write SESSION as NWB: units, presentations, stimulus images, protocol and rig."""
+    from closedloop.record.nwb import export_nwb
+
+    console.print(f"wrote {export_nwb(session, nwb_path, overwrite=overwrite)}")
+
+
+@main.command()
+@click.argument("recording", type=click.Path(path_type=Path))
+@click.option("--events", default=None, help="neo files: the event or epoch channel with the onsets.")
+@click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
+              help="neo files: a stimulus log (.jsonl or .csv) on the recording's clock instead.")
+@click.option("--start", default=0.05, show_default=True, help="Response window start, s after onset.")
+@click.option("--end", default=0.15, show_default=True, help="Response window end, s after onset.")
+def responses(recording: Path, events: str | None, log_path: Path | None, start: float, end: float) -> None:
+    """Print a recording's response table (NWB, NIX, XDF, anything neo reads) as JSON lines."""
+    import json
+
+    from closedloop.replay import read_recording, response_table
+
+    options = {k: v for k, v in (("events", events), ("log", log_path)) if v is not None}
+    for row in response_table(read_recording(recording, **options), start, end):
+        click.echo(json.dumps(row))
+
+
 def _with_strategy(protocol, strategy: str | None):
     """The protocol with another selection strategy (validated)."""
     if strategy is None:

@@ -169,3 +169,63 @@ def test_killed_run_keeps_every_completed_presentation_and_resumes(tmp_path, str
     assert any(e["kind"] == "resumed" and e["from_presentation"] == first_new for e in resumed.events)
     again = closedloop("resume", session)  # a finished session refuses to go on
     assert "all 60 presentations are recorded" in error_line(again)
+
+
+def _small_session(path: Path) -> None:
+    """A session written by the real SessionWriter: 6 presentations, 2 units."""
+    from closedloop.record import SessionWriter
+
+    pool = generate_pool({"dot": 3, "grating": 3}, 32, seed=0)
+    rig = {"rig": {"name": "lab"}, "recorded_units": [{"name": "a", "channel": 1, "unit": 1},
+                                                       {"name": "b", "channel": 2, "unit": 1}]}
+    writer = SessionWriter(path, {"protocol": {"name": "p"}, "window": {"start": 0.05, "end": 0.15}}, rig, pool)
+    for i in range(6):
+        onset = 100.0 + 0.2 * i
+        writer.log("markers", {"index": i, "stimulus": pool.ids[i], "pool_index": i, "role": "chosen",
+                               "onset": onset, "offset": onset + 0.1})
+        writer.log("responses", {"index": i, "stimulus": pool.ids[i], "pool_index": i, "role": "chosen",
+                                 "onset": onset, "counts": [1, i % 2]})
+        writer.spikes(np.array([onset + 0.06, onset + 0.07]), np.array([1, 2]), np.array([1, 1]))
+    writer.close({"presentations": 6})
+
+
+def test_export_writes_nwb_and_refuses_to_overwrite(tmp_path):
+    from pynwb import NWBHDF5IO
+
+    _small_session(tmp_path / "session")
+    result = closedloop("export", tmp_path / "session", "--nwb", tmp_path / "s.nwb")
+    assert result.returncode == 0, result.stderr
+    with NWBHDF5IO(str(tmp_path / "s.nwb"), "r") as io:
+        nwb = io.read()
+        assert len(nwb.units) == 2 and len(nwb.intervals["presentations"]) == 6
+    again = closedloop("export", tmp_path / "session", "--nwb", tmp_path / "s.nwb")
+    assert "s.nwb" in error_line(again)
+    missing = closedloop("export", tmp_path / "nope", "--nwb", tmp_path / "t.nwb")
+    assert "nope" in error_line(missing)
+
+
+def test_responses_of_a_neo_recording(tmp_path):
+    """A NIX file written by neo plus a stimulus log: the CLI prints the live response table."""
+    import json
+
+    import neo
+    import quantities as pq
+
+    block = neo.Block()
+    segment = neo.Segment()
+    block.segments.append(segment)
+    for channel, times in ((1, [1.06, 1.07, 1.30]), (2, [1.10, 1.26])):
+        train = neo.SpikeTrain(times * pq.s, t_stop=3 * pq.s, name=f"u{channel}")
+        train.annotate(channel=channel, unit=1)
+        segment.spiketrains.append(train)
+    with neo.io.NixIO(str(tmp_path / "rec.nix"), mode="ow") as io:
+        io.write_block(block)
+    (tmp_path / "log.jsonl").write_text(
+        json.dumps({"index": 0, "stimulus": "aa", "onset": 1.0, "offset": 1.1}) + "\n" +
+        json.dumps({"index": 1, "stimulus": "bb", "onset": 1.2, "offset": 1.3}) + "\n")
+    result = closedloop("responses", tmp_path / "rec.nix", "--log", tmp_path / "log.jsonl")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["index"], r["stimulus"], r["counts"]) for r in rows] == [(0, "aa", [2, 1]), (1, "bb", [1, 1])]
+    bad = closedloop("responses", tmp_path / "log.jsonl")
+    assert "log.jsonl" in error_line(bad)

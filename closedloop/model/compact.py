@@ -273,7 +273,7 @@ def _natural_key(path: Path) -> tuple:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")
     return text if len(text) <= 160 else text[:157] + "..."
 
 
