@@ -166,6 +166,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
     progress = Progress(total=p.presentations, presented=first)
     summary: dict = {"status": "aborted", "session": str(session_dir)}
     simulator = worker = inlet = presenter = photodiode = None
+    inlet_stopped = photodiode_stopped = False
     started = time.monotonic()
     try:
         markers = MarkerOutlet(rig.markers, source_id=f"closedloop-markers-{session_dir.name}")
@@ -258,6 +259,12 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         _drain(aligner, protocol, rig)
         final = worker.stop()
         _handle_worker(final, schedule, writer, progress)
+        inlet.stop()  # nothing arrives after this, so the summary matches the disk
+        inlet_stopped = True
+        if photodiode is not None:
+            photodiode.stop()
+            photodiode_stopped = True
+        writer.flush()
         summary = _summary(protocol, rig, units, session_dir, progress, model_info,
                            time.monotonic() - started, inlet, aligner)
         summary["clock"] = _clock_summary(rig, clock, progress)
@@ -269,9 +276,9 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
     finally:
         if presenter is not None:
             presenter.close()
-        if inlet is not None:
+        if inlet is not None and not inlet_stopped:
             inlet.stop()
-        if photodiode is not None:
+        if photodiode is not None and not photodiode_stopped:
             photodiode.stop()
         if worker is not None and worker.process.is_alive():
             worker.process.terminate()

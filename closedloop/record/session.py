@@ -92,6 +92,12 @@ class SessionWriter:
         block["time"], block["channel"], block["unit"] = times, channels, units
         self._queue.put(("spikes", block))
 
+    def flush(self) -> None:
+        """Return once everything queued so far is on disk."""
+        written = threading.Event()
+        self._queue.put(("flush", written))
+        written.wait()
+
     def close(self, summary: dict | None = None) -> None:
         """Write everything still queued, then ``summary.json`` if given."""
         self._queue.put(None)
@@ -104,7 +110,9 @@ class SessionWriter:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             name, record = item
-            if name == "spikes":
+            if name == "flush":
+                record.set()
+            elif name == "spikes":
                 self._spikes.write(record.tobytes())
                 self._spikes.flush()
             else:
