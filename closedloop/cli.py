@@ -54,6 +54,9 @@ def _progress_table(progress, title: str) -> Table:
     table.add_row("responses", str(progress.responses))
     table.add_row("deadline misses", str(progress.deadline_misses))
     table.add_row("dropped frames", str(progress.dropped_frames))
+    t = progress.trials
+    table.add_row("trials", f"{t['completed']} completed, {t['fixation_break']} fixation breaks, "
+                            f"{t['no_fixation']} without fixation")
     table.add_row("model cores trained", str(progress.core_version))
     table.add_row("held-out r (observed)", _fmt(progress.r_observed))
     table.add_row("held-out r (true rates)", _fmt(progress.r_true))
@@ -211,3 +214,41 @@ def comparison_table(summaries: list[dict]) -> Table:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+# ----------------------------------------------------------------- stimuli --
+@main.group()
+def stimuli() -> None:
+    """Stimulus sets (TOML files in stimuli/)."""
+
+
+def _stimulus_set_path(name: Path) -> Path:
+    """SET as given, or a bare name such as ``demo`` for the project's ``stimuli/demo.toml``."""
+    shipped = PROJECT / "stimuli" / f"{name}.toml"
+    if not name.exists() and name.suffix == "" and len(name.parts) == 1 and shipped.exists():
+        return shipped
+    return name
+
+
+@stimuli.command("show")
+@click.argument("set_path", metavar="SET", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--size", default=112, show_default=True, type=click.IntRange(4, 2048),
+              help="Image side in pixels (the rig's stimulus size).")
+@click.option("--columns", default=16, show_default=True, type=click.IntRange(1), help="Images per row.")
+@click.option("--max", "limit", default=None, type=click.IntRange(1), help="Show only the first N images.")
+@click.option("--background", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Background grey, 0-1.")
+def stimuli_show(set_path: Path, out: Path, size: int, columns: int, limit: int | None, background: float) -> None:
+    """Render the stimulus set SET and write a captioned gallery of it to a PNG file."""
+    from closedloop.stimuli import load_stimulus_set
+
+    stimulus_set = load_stimulus_set(_stimulus_set_path(set_path))
+    pool = stimulus_set.render(size, background)
+    shown = len(pool) if limit is None else min(limit, len(pool))
+    sheet = pool.gallery(columns, shown, title=f"{stimulus_set.info.name}: {len(pool)} stimuli, {size} px")
+    try:
+        sheet.save(out, format="PNG")
+    except OSError as exc:
+        raise ClosedLoopError(f"gallery {out}: cannot write ({exc.strerror or exc})") from None
+    click.echo(f"{len(pool)} stimuli in {stimulus_set.path}; gallery of {shown} written to {out}")

@@ -52,15 +52,23 @@ class SpikeStreamSpec(StreamSpec):
     rate: Annotated[float, Field(gt=0, description="bins/s of a simulated rig's counts stream")] = 1000.0
 
 
+class PatchSpec(_Strict):
+    """A photodiode patch: a square in a screen corner, white while an image is on, else black."""
+
+    corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "bottom-left"
+    size_px: Annotated[int, Field(gt=0)] = 40
+
+
 class DisplaySpec(_Strict):
-    """The stimulus monitor."""
+    """The stimulus monitor and where the eye is (see ``closedloop.present.geometry``)."""
 
     backend: Literal["auto", "psychopy", "headless"] = "auto"
     refresh_rate: Annotated[float, Field(gt=0, description="Hz")] = 60.0
-    size_px: tuple[int, int] = (800, 600)
+    size_px: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (800, 600)
+    size_cm: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (40.0, 30.0)
+    distance_cm: Annotated[float, Field(gt=0, description="eye to screen centre")] = 57.0
     fullscreen: bool = False
-    background: Annotated[float, Field(ge=0, le=1)] = 0.5
-    stimulus_px: Annotated[int, Field(gt=0, description="on-screen image size, pixels")] = 224
+    photodiode_patch: PatchSpec | None = None
 
 
 class UnitSpec(_Strict):
@@ -117,6 +125,10 @@ class SimulationSpec(_Strict):
     clock_offset: Annotated[float, Field(description="s the acquisition clock runs ahead")] = 0.0
     clock_drift_ppm: Annotated[float, Field(ge=-1000, le=1000, description="ppm")] = 0.0
     calibration_images: Annotated[int, Field(gt=1)] = 256
+    fixation_breaks: Annotated[float, Field(ge=0, description="breaks/s while fixating")] = 0.0
+    break_duration: Annotated[float, Field(gt=0, description="s the gaze stays away")] = 0.5
+    gaze_noise: Annotated[float, Field(ge=0, description="degrees, SD of the gaze jitter")] = 0.1
+    gaze_rate: Annotated[float, Field(gt=0, description="samples/s of the gaze stream")] = 500.0
     neurons: list[NeuronSpec] = Field(min_length=1)
 
 
@@ -171,6 +183,8 @@ class Rig(_Strict):
     units: list[UnitSpec] = []
     clock: ClockSpec = ClockSpec()
     photodiode: PhotodiodeSpec | None = None
+    gaze: StreamSpec | None = Field(None, description="eye position: channels x, y in degrees "
+                                    "right and up of the fixation point")
     simulation: SimulationSpec | None = None
     source: Path | None = Field(default=None, exclude=True)
 
@@ -201,10 +215,41 @@ class WindowSpec(_Strict):
         return self
 
 
-class PoolSpec(_Strict):
-    """Candidate pool: how many images of each generated family."""
+class StimulusSpec(_Strict):
+    """Where and how large images appear, in degrees of visual angle from the fixation point."""
 
-    size_px: Annotated[int, Field(ge=16)] = 112
+    size_deg: Annotated[float, Field(gt=0, lt=90, description="side of the square image patch")] = 4.0
+    position_deg: tuple[float, float] = Field((0.0, 0.0), description="patch centre (the receptive "
+                                             "field), degrees right and up of fixation")
+    background: Annotated[float, Field(ge=0, le=1, description="screen and patch grey level")] = 0.5
+
+    @model_validator(mode="after")
+    def _on_screen_side(self) -> StimulusSpec:
+        if any(abs(c) + self.size_deg / 2 >= 90 for c in self.position_deg):
+            raise ValueError("the patch reaches 90 degrees from fixation")
+        return self
+
+
+class TrialSpec(_Strict):
+    """A fixation trial: several images in rapid succession while the eye holds still.
+
+    Without a gaze stream fixation is not checked, but trials keep their timing.
+    """
+
+    images: Annotated[int, Field(ge=1, description="images per fixation")] = 4
+    fixation_deg: Annotated[float, Field(gt=0, description="fixation point diameter")] = 0.2
+    window_deg: Annotated[float, Field(gt=0, description="fixation window radius")] = 2.0
+    hold: Annotated[float, Field(ge=0, description="s of fixation before the first image")] = 0.3
+    acquire: Annotated[float, Field(gt=0, description="s to acquire fixation, then retry")] = 5.0
+    iti: Annotated[float, Field(ge=0, description="s of blank screen between trials")] = 0.5
+    reward: bool = Field(True, description="a reward marker after every completed trial")
+
+
+class PoolSpec(_Strict):
+    """Candidate pool: a stimulus set file, or how many random images of each family."""
+
+    set: Path | None = Field(None, description="stimulus set file (see closedloop.stimuli.sets), "
+                             "relative to the protocol file; when given, families is not used")
     families: dict[str, Annotated[int, Field(ge=0)]] = {
         "contour": 400,
         "dot": 300,
@@ -264,11 +309,20 @@ class Protocol(_Strict):
 
     protocol: ProtocolInfo
     window: WindowSpec = WindowSpec()
+    stimulus: StimulusSpec = StimulusSpec()
+    trial: TrialSpec = TrialSpec()
     pool: PoolSpec = PoolSpec()
     model: ModelSpec = ModelSpec()
     selection: SelectionSpec = SelectionSpec()
     heldout: HeldoutSpec = HeldoutSpec()
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _a_decision_fills_a_trial(self) -> Protocol:
+        if self.selection.batch < self.trial.images:
+            raise ValueError(f"selection.batch ({self.selection.batch}) must be at least trial.images "
+                             f"({self.trial.images}): a trial's images are chosen together")
+        return self
 
 
 # ------------------------------------------------------------------ loading --
@@ -315,8 +369,12 @@ def load_rig(path: Path | str) -> Rig:
 
 
 def load_protocol(path: Path | str) -> Protocol:
-    """Load and validate a protocol file."""
-    return _load(path, Protocol, "protocol")
+    """Load and validate a protocol file; a relative stimulus set path resolves against it."""
+    protocol = _load(path, Protocol, "protocol")
+    if protocol.pool.set is not None:
+        pool = protocol.pool.model_copy(update={"set": (protocol.source.parent / protocol.pool.set).resolve()})
+        protocol = protocol.model_copy(update={"pool": pool})
+    return protocol
 
 
 def to_jsonable(config: BaseModel) -> dict:

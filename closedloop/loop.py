@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pylsl
 
-from closedloop.acquire.spikes import SpikeInlet
+from closedloop.acquire.gaze import GazeInlet
 from closedloop.acquire.photodiode import PhotodiodeInlet
+from closedloop.acquire.spikes import SpikeInlet
 from closedloop.acquire.streams import resolve_stream
 from closedloop.align.clock import ClockMap
 from closedloop.align.windows import ResponseAligner
@@ -30,9 +31,12 @@ from closedloop.config import Protocol, Rig, UnitSpec, to_jsonable
 from closedloop.errors import ClosedLoopError
 from closedloop.model.worker import ModelWorker, WorkerConfig
 from closedloop.present import open_presenter
+from closedloop.present.base import DROPPED_FRAME
+from closedloop.present.geometry import Layout
 from closedloop.present.markers import MarkerOutlet
+from closedloop.present.trials import Item, TrialOutcome, run_trial
 from closedloop.record import SessionWriter, read_session
-from closedloop.stimuli import StimulusPool, generate_pool
+from closedloop.stimuli import StimulusPool, generate_pool, load_stimulus_set
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,9 @@ class Progress:
     r_true: float | None = None
     clock_events: int = 0
     gap_responses: int = 0
+    aborted_responses: int = 0
+    trials: dict[str, int] = field(default_factory=lambda: {
+        "completed": 0, "fixation_break": 0, "no_fixation": 0})
     turnaround_ms: list[float] = field(default_factory=list)
     final_accuracy: dict = field(default_factory=dict)
 
@@ -72,6 +79,15 @@ def split_pool(pool_size: int, heldout: int, seed: int) -> tuple[np.ndarray, np.
         raise ClosedLoopError(f"protocol: heldout.images ({heldout}) must be below the pool size ({pool_size})")
     order = np.random.default_rng(seed).permutation(pool_size)
     return np.sort(order[heldout:]), np.sort(order[:heldout])
+
+
+def candidate_pool(protocol: Protocol, size_px: int) -> StimulusPool:
+    """The protocol's candidate pool rendered at ``size_px``: its stimulus set, or random
+    members of its families."""
+    background = protocol.stimulus.background
+    if protocol.pool.set is not None:
+        return load_stimulus_set(protocol.pool.set).render(size_px, background)
+    return generate_pool(protocol.pool.families, size_px, protocol.protocol.seed, background=background)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -114,7 +130,7 @@ class _Schedule:
         self.candidates = candidates
         self.heldout = self.rng.permutation(heldout)
         self.queue: deque[int] = deque()
-        self.requeued: deque[int] = deque()  # shown again: a spike gap cut their window
+        self.requeued: deque[int] = deque()  # shown again: a spike gap or a fixation break cut them
 
     def next(self, i: int) -> tuple[str, int]:
         """(role, pool index) for presentation ``i``."""
@@ -148,24 +164,27 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
     """
     p = protocol.protocol
     units = session_units(rig)
+    layout = Layout.of(rig.display, protocol.stimulus, protocol.trial)
     if resume:
         record = read_session(session_dir)
-        pool, first = record.pool, 1 + max((m["index"] for m in record.markers), default=-1)
-        if first >= p.presentations:
+        pool, next_index = record.pool, 1 + max((m["index"] for m in record.markers), default=-1)
+        trial = 1 + max((m.get("trial", -1) for m in record.markers), default=-1)
+        if next_index >= p.presentations:
             raise ClosedLoopError(f"session {session_dir}: all {p.presentations} presentations are recorded")
         writer = SessionWriter.reopen(session_dir)
         answered = {r["index"] for r in record.responses}
-        writer.log("events", {"kind": "resumed", "from_presentation": first, "time": pylsl.local_clock(),
+        writer.log("events", {"kind": "resumed", "from_presentation": next_index, "time": pylsl.local_clock(),
                               "unanswered": sorted({m["index"] for m in record.markers} - answered)})
     else:
-        pool, first = generate_pool(protocol.pool.families, protocol.pool.size_px, p.seed), 0
+        pool = candidate_pool(protocol, layout.patch_px)
+        next_index = trial = 0
         writer = SessionWriter(session_dir, to_jsonable(protocol), {**to_jsonable(rig), "recorded_units":
                                [u.model_dump() for u in units]}, pool)
     candidates, heldout = split_pool(len(pool), protocol.heldout.images, p.seed)
     stimuli_path = session_dir / "stimuli.npz"
-    progress = Progress(total=p.presentations, presented=first)
+    progress = Progress(total=p.presentations, presented=next_index)
     summary: dict = {"status": "aborted", "session": str(session_dir)}
-    simulator = worker = inlet = presenter = photodiode = None
+    simulator = worker = inlet = presenter = photodiode = gaze = None
     inlet_stopped = photodiode_stopped = False
     started = time.monotonic()
     try:
@@ -174,6 +193,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             simulator = start_simulator(rig.source, stimuli_path, session_dir / "simulator.log")
         spike_info = _resolve_spikes(rig, simulator, session_dir / "simulator.log")
         photodiode_info = resolve_stream(rig.photodiode, rig.resolve_timeout) if rig.photodiode else None
+        gaze_info = resolve_stream(rig.gaze, rig.resolve_timeout) if rig.gaze else None
 
         worker = ModelWorker(WorkerConfig(
             pool_path=stimuli_path, units=len(units), model=protocol.model, selection=protocol.selection,
@@ -208,6 +228,9 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                     if protocol.selection.requeue_gaps and r.info["role"] != "heldout":
                         requeue.append(r.info["pool_index"])
                     continue
+                if r.info.get("aborted"):  # cut short by a fixation break (re-queued when it broke)
+                    progress.aborted_responses += 1
+                    continue
                 worker.send_response(r.info["pool_index"], r.counts, r.info["role"] == "heldout",
                                      pylsl.local_clock())
 
@@ -226,35 +249,57 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                            sync_channel=rig.clock.sync_channel, on_event=on_stream_event,
                            stall_after=rig.stall_after, on_gap=aligner.add_gap)
         inlet.start()
-        presenter = open_presenter(rig.display, markers)
+        if gaze_info is not None:
+            gaze = GazeInlet(gaze_info)
+            gaze.start()
+        fixating = (lambda: gaze.fixating(protocol.trial.window_deg)) if gaze else None
+        presenter = open_presenter(rig.display, layout, markers)
         schedule = _Schedule(protocol, candidates, heldout)
 
-        for i in range(first, p.presentations):
-            _handle_worker(worker.messages(), schedule, writer, progress)
-            if inlet.error is not None:
-                raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
-            if photodiode is not None and photodiode.error is not None:
-                raise ClosedLoopError(f"photodiode stream {photodiode.name!r}: {photodiode.error}")
-            while requeue:
-                schedule.requeued.append(requeue.popleft())
-            role, index = schedule.next(i)
-            if role == "fallback":
-                progress.deadline_misses += 1
-                writer.log("events", {"kind": "deadline_miss", "index": i, "time": pylsl.local_clock()})
-                log.warning("presentation %d: the model had no image ready; showing a random fallback", i)
-            sid = pool.ids[index]
-            timing = presenter.present(pool.images[index], i, sid, p.on_frames, p.off_frames)
-            info = {"stimulus": sid, "pool_index": index, "role": role}
-            aligner.add_onset(i, timing.onset, info)
+        def pick() -> list[Item]:
+            """The trial's images, chosen once fixation is acquired."""
+            items = []
+            for i in range(next_index, min(next_index + protocol.trial.images, p.presentations)):
+                _handle_worker(worker.messages(), schedule, writer, progress)
+                role, index = schedule.next(i)
+                if role == "fallback":
+                    progress.deadline_misses += 1
+                    writer.log("events", {"kind": "deadline_miss", "index": i, "time": pylsl.local_clock()})
+                    log.warning("presentation %d: the model had no image ready; showing a random fallback", i)
+                items.append(Item(pool.images[index], i, pool.ids[index], (index, role)))
+            return items
+
+        def on_shown(item: Item, timing) -> None:
+            index, role = item.info
+            info = {"stimulus": item.stimulus, "pool_index": index, "role": role, "trial": trial}
+            if timing.aborted:
+                info["aborted"] = True
+            aligner.add_onset(item.index, timing.onset, info)
             if clock is not None:
-                clock.add_onset(i, timing.onset)
-            writer.log("markers", {"index": i, **info, "onset": timing.onset, "offset": timing.offset,
+                clock.add_onset(item.index, timing.onset)
+            writer.log("markers", {"index": item.index, **info, "onset": timing.onset, "offset": timing.offset,
                                    "dropped_frames": timing.dropped_frames,
                                    "frame_intervals": timing.frame_intervals})
             progress.presented += 1
             progress.dropped_frames += timing.dropped_frames
             if on_progress:
                 on_progress(progress)
+
+        while next_index < p.presentations:
+            _handle_worker(worker.messages(), schedule, writer, progress)
+            if inlet.error is not None:
+                raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
+            for stream, name in ((photodiode, "photodiode"), (gaze, "gaze")):
+                if stream is not None and stream.error is not None:
+                    raise ClosedLoopError(f"{name} stream {stream.name!r}: {stream.error}")
+            while requeue:
+                schedule.requeued.append(requeue.popleft())
+            outcome = run_trial(presenter, protocol.trial, trial, pick, p.on_frames, p.off_frames,
+                                fixating, on_shown)
+            writer.frames(presenter.take_flips())
+            _record_trial(outcome, schedule, writer, progress)
+            next_index += len(outcome.shown)
+            trial += 1
 
         _drain(aligner, protocol, rig)
         final = worker.stop()
@@ -280,6 +325,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             inlet.stop()
         if photodiode is not None and not photodiode_stopped:
             photodiode.stop()
+        if gaze is not None:
+            gaze.stop()
         if worker is not None and worker.process.is_alive():
             worker.process.terminate()
         if simulator is not None:
@@ -308,11 +355,39 @@ def _clock_summary(rig: Rig, clock: ClockMap | None, progress: Progress) -> dict
     return report
 
 
+def _frame_summary(flips: np.ndarray, refresh_rate: float, in_presentations: int) -> dict:
+    """Every flip of the session: count, dropped frames (all, and during presentations) and
+    the frame interval's median and 99th percentile (ms)."""
+    intervals = np.diff(flips) * 1e3
+    if not len(intervals):
+        return {"count": len(flips), "dropped": 0, "dropped_in_presentations": in_presentations}
+    return {"count": len(flips), "dropped": int(np.sum(intervals > DROPPED_FRAME * 1e3 / refresh_rate)),
+            "dropped_in_presentations": in_presentations,
+            "interval_median_ms": round(float(np.median(intervals)), 3),
+            "interval_p99_ms": round(float(np.percentile(intervals, 99)), 3)}
+
+
 def _drain(aligner: ResponseAligner, protocol: Protocol, rig: Rig) -> None:
     """Wait (bounded) for the last response windows to close."""
     deadline = time.monotonic() + protocol.window.end + max(rig.max_latency, rig.stall_after) + 2.0
     while aligner.pending and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _record_trial(outcome: TrialOutcome, schedule: _Schedule, writer: SessionWriter,
+                  progress: Progress) -> None:
+    """Log how a trial ended; what a fixation break cut short or left unshown is shown again
+    (held-out images excepted: they come round again anyway)."""
+    cut = [item for item, timing in outcome.shown if timing.aborted] + outcome.unshown
+    again = [item.info[0] for item in cut if item.info[1] != "heldout"]
+    schedule.requeued.extend(again)
+    progress.trials[outcome.end] += 1
+    writer.log("events", {"kind": "trial", "trial": outcome.number, "end": outcome.end,
+                          "shown": [item.index for item, _ in outcome.shown],
+                          "requeued": again, "reward": outcome.reward, "time": pylsl.local_clock()})
+    if outcome.end != "completed":
+        log.info("trial %d: %s; %d image(s) re-queued", outcome.number, outcome.end.replace("_", " "),
+                 len(again))
 
 
 def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progress: Progress) -> None:
@@ -351,7 +426,10 @@ def _summary(protocol, rig, units, session_dir, progress, model_info, duration, 
         "deadline_misses": progress.deadline_misses,
         "spike_gaps": [{"start": a, "end": b} for a, b in inlet.gaps],
         "gap_responses": progress.gap_responses,
-        "dropped_frames": progress.dropped_frames,
+        "aborted_responses": progress.aborted_responses,
+        "trials": {**progress.trials,
+                   "rewards": progress.trials["completed"] if protocol.trial.reward else 0},
+        "frames": _frame_summary(record.frames, rig.display.refresh_rate, progress.dropped_frames),
         "spikes": int(inlet.received),
         "unknown_spikes": aligner.unknown_spikes,
         "units": [u.name for u in units],

@@ -64,8 +64,14 @@ class SimFiles:
     """Writers of small rig and protocol files for end-to-end runs."""
 
     @staticmethod
-    def rig(path: Path, stream_name: str) -> None:
-        """A headless simulated rig with the three built-in units, on its own LSL streams."""
+    def rig(path: Path, stream_name: str, fixation_breaks: float | None = None) -> None:
+        """A headless simulated rig with the three built-in units, on its own LSL streams; with
+        ``fixation_breaks`` (per s) the simulator also plays an eye on a gaze stream."""
+        gaze = "" if fixation_breaks is None else f"""
+[gaze]
+name = "{stream_name}-gaze"
+type = "Gaze"
+"""
         path.write_text(f"""
 [rig]
 name = "test-sim"
@@ -78,9 +84,12 @@ type = "Markers"
 [spikes]
 name = "{stream_name}-spikes"
 type = "Spikes"
+{gaze}
 [simulation]
 seed = 2
 mean_rate = 60.0        # strongly driven: fewer trials tell the tuning apart
+fixation_breaks = {fixation_breaks or 0.0}
+break_duration = 0.1
 [[simulation.neurons]]
 kind = "curvature"
 [[simulation.neurons]]
@@ -99,8 +108,13 @@ seed = 1
 presentations = {presentations}
 on_frames = 4
 off_frames = 2
+[stimulus]
+size_deg = 3.2          # 64 px on the default display
+[trial]
+images = 4
+hold = 0.0
+iti = 0.0
 [pool]
-size_px = 64
 families = {{ contour = 100, dot = 80, grating = 80, texture = 80 }}
 [model]
 members = 5

@@ -16,6 +16,13 @@ def test_shipped_files_load():
     assert rig.rig.simulated and [n.kind for n in rig.simulation.neurons] == ["curvature", "dot", "orientation"]
 
 
+def test_the_stimulus_set_resolves_against_the_protocol_file(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "x.toml").write_text("[protocol]\nname = 'x'\n[pool]\nset = '../sets/a.toml'\n")
+    assert load_protocol(tmp_path / "p" / "x.toml").pool.set == (tmp_path / "sets" / "a.toml").resolve()
+    assert load_protocol(ROOT / "protocols" / "demo.toml").pool.set == ROOT / "stimuli" / "demo.toml"
+
+
 def test_model_paths_resolve_against_the_rig_file():
     rig = load_rig(ROOT / "rigs" / "sim-v4.toml")
     assert rig.simulation.neurons[0].path == (ROOT / ".." / "shared" / "v4" / "compact_models").resolve()
@@ -28,6 +35,11 @@ def test_model_paths_resolve_against_the_rig_file():
     ("[protocol]\nname = 'x'\nspeed = 3\n", "field 'protocol.speed'"),
     ("[protocol\n", "not valid TOML"),
     ("[window]\nstart = 0.1\n", "field 'protocol'"),
+    ("[protocol]\nname = 'x'\n[trial]\nimages = 8\n", r"selection.batch \(4\) must be at least trial.images \(8\)"),
+    ("[protocol]\nname = 'x'\n[trial]\nhold = -0.1\n", "field 'trial.hold'"),
+    ("[protocol]\nname = 'x'\n[stimulus]\nsize_deg = 0\n", "field 'stimulus.size_deg'"),
+    ("[protocol]\nname = 'x'\n[stimulus]\nposition_deg = [88, 0]\n", "the patch reaches 90 degrees"),
+    ("[protocol]\nname = 'x'\n[stimulus]\nbackground = 1.5\n", "field 'stimulus.background'"),
 ])
 def test_bad_protocols_name_the_file_and_field(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -14,12 +14,15 @@ PRESENTATIONS = 220
 # measured 0.62, 0.67, 0.56 in three runs. Chance level over 60 held-out images is about 0.3
 # at the 95th percentile for the best of three units.
 R_TRUE_THRESHOLD = 0.4
+# The simulated eye breaks fixation at random, about 20 times in a run of about 40 s: the chance
+# of no break at all is e^-20.
+FIXATION_BREAKS = 0.5  # per s
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory, sim_files):
     tmp = tmp_path_factory.mktemp("loop")
-    sim_files.rig(tmp / "rig.toml", f"cltest-loop-{tmp.name}")
+    sim_files.rig(tmp / "rig.toml", f"cltest-loop-{tmp.name}", fixation_breaks=FIXATION_BREAKS)
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
     summary = run_session(load_protocol(tmp / "protocol.toml"), load_rig(tmp / "rig.toml"), tmp / "session")
     return summary, read_session(tmp / "session")
@@ -134,3 +137,44 @@ def test_a_photodiode_moves_each_onset_to_the_light(tmp_path, sim_files):
     flips = {m["index"]: m["onset"] for m in record.markers}
     for r in record.responses:  # the response's onset is the light; the marker keeps the flip
         assert r["flip"] == flips[r["index"]] and r["onset"] == pytest.approx(r["flip"] + r["photodiode_correction"])
+
+
+def test_fixation_breaks_requeue_what_they_cut(session):
+    summary, record = session
+    trials = [e for e in record.events if e["kind"] == "trial"]
+    assert summary["trials"]["fixation_break"] > 0
+    assert len(trials) == sum(summary["trials"][k] for k in ("completed", "fixation_break", "no_fixation"))
+    assert summary["trials"]["rewards"] == sum(e["reward"] is not None for e in trials) \
+        == summary["trials"]["completed"]
+    by_index = {m["index"]: m for m in record.markers}
+    aborted = [m for m in record.markers if m.get("aborted")]
+    assert summary["aborted_responses"] == len(aborted) == summary["trials"]["fixation_break"]
+    for event in trials:
+        shown = [by_index[i] for i in event["shown"]]
+        assert all(m["trial"] == event["trial"] for m in shown)
+        if event["end"] != "fixation_break":
+            assert event["requeued"] == [] and not any(m.get("aborted") for m in shown)
+            continue
+        assert shown[-1].get("aborted") and not any(m.get("aborted") for m in shown[:-1])
+        if shown[-1]["role"] != "heldout":
+            assert event["requeued"][0] == shown[-1]["pool_index"]  # the image the break cut short...
+        later = [m for m in record.markers if m["index"] > shown[-1]["index"]]
+        if event["requeued"] and later:  # what the break cut comes back first...
+            assert later[0]["role"] in ("requeued", "heldout")
+    for k, event in enumerate(trials[:-3]):  # ...and is shown again, or cut again by a later break
+        again = {m["pool_index"] for m in record.markers if m["trial"] > event["trial"] and m["role"] == "requeued"}
+        cut_again = {p for e in trials[k + 1:] for p in e["requeued"]}
+        assert set(event["requeued"]) <= again | cut_again
+    for r in record.responses:
+        assert r.get("aborted", False) == bool(by_index[r["index"]].get("aborted"))
+
+
+def test_every_flip_is_recorded(session):
+    summary, record = session
+    frames = record.frames
+    assert len(frames) == summary["frames"]["count"] > 5 * PRESENTATIONS
+    assert np.all(np.diff(frames) > 0)
+    flips = set(frames.tolist())
+    assert all(m["onset"] in flips and m["offset"] in flips for m in record.markers)
+    assert summary["frames"]["dropped_in_presentations"] == sum(m["dropped_frames"] for m in record.markers)
+    assert summary["frames"]["interval_median_ms"] == pytest.approx(1e3 / 60, abs=0.01)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import pylsl
 
+from closedloop.acquire.streams import InletThread
 from closedloop.config import PhotodiodeSpec
 from closedloop.errors import ClosedLoopError
 
@@ -32,7 +32,7 @@ def light_changes(samples: np.ndarray, stamps: np.ndarray, threshold: float,
     return t[rise] + fraction * (t[rise + 1] - t[rise])
 
 
-class PhotodiodeInlet:
+class PhotodiodeInlet(InletThread):
     """Pulls a photodiode stream on a thread and hands on every light change.
 
     Parameters
@@ -50,44 +50,27 @@ class PhotodiodeInlet:
             raise ClosedLoopError(f"LSL stream {info.name()!r}: an analog photodiode needs a regular rate "
                                   f"and channel {spec.channel}; found {info.channel_count()} channels at "
                                   f"{info.nominal_srate():g} Hz")
-        self.spec, self.name = spec, info.name()
-        self._inlet = pylsl.StreamInlet(info, max_buflen=60, recover=True)
+        super().__init__(info, max_buflen=60, thread_name="photodiode-inlet")
+        self.spec = spec
         self._on_light = on_light
-        self.offset = 0.0
         self.covered_until = -np.inf  # s, local clock: every light change before this is known
         self.changes = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="photodiode-inlet", daemon=True)
 
-    def start(self) -> None:
-        self._inlet.open_stream(timeout=5.0)
-        self.offset = self._inlet.time_correction(timeout=5.0)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._inlet.close_stream()
-
-    def _run(self) -> None:
+    def _pull(self) -> None:
         previous = None
-        try:
-            while not self._stop.is_set():
-                samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=4096,
-                                                         min_samples=1, as_numpy=True)
-                if not len(stamps):
-                    continue
-                stamps = stamps + self.offset
-                if self.spec.format == "events":
-                    lights = stamps
-                else:
-                    trace = samples[:, self.spec.channel]
-                    lights = light_changes(trace, stamps, self.spec.threshold, previous)
-                    previous = (float(stamps[-1]), float(trace[-1]))
-                for light in lights:
-                    self.changes += 1
-                    self._on_light(float(light))
-                self.covered_until = float(stamps[-1])
-        except BaseException as exc:  # surfaced by the session loop
-            self.error = exc
+        while not self._stop.is_set():
+            samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=4096,
+                                                     min_samples=1, as_numpy=True)
+            if not len(stamps):
+                continue
+            stamps = stamps + self.offset
+            if self.spec.format == "events":
+                lights = stamps
+            else:
+                trace = samples[:, self.spec.channel]
+                lights = light_changes(trace, stamps, self.spec.threshold, previous)
+                previous = (float(stamps[-1]), float(trace[-1]))
+            for light in lights:
+                self.changes += 1
+                self._on_light(float(light))
+            self.covered_until = float(stamps[-1])

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pylsl
 
-from closedloop.acquire.streams import check_spike_stream
+from closedloop.acquire.streams import InletThread, check_spike_stream
 from closedloop.align.clock import ClockMap
 from closedloop.config import SpikeStreamSpec
 
@@ -29,7 +28,7 @@ SpikeCallback = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 TickCallback = Callable[[float], None]
 
 
-class SpikeInlet:
+class SpikeInlet(InletThread):
     """Pulls (channel, unit) spike samples on a thread and hands them on.
 
     Timestamps are moved onto this machine's LSL clock with
@@ -85,78 +84,60 @@ class SpikeInlet:
         self.spec = spec or SpikeStreamSpec(name=info.name(), type=info.type())
         check_spike_stream(info, self.spec, channels)
         self.half_bin = 0.5 / info.nominal_srate() if self.spec.format == "counts" else 0.0
-        self.name = info.name()
         # 60 s of a regular stream; for an irregular one LSL counts in hundreds of samples: 600,000.
         buffer = BUFFER_SECONDS if info.nominal_srate() > 0 else BUFFER_SPIKES // 100
-        self._inlet = pylsl.StreamInlet(info, max_buflen=buffer, recover=True)
+        super().__init__(info, max_buflen=buffer, thread_name="spike-inlet")
         self._on_spikes, self._on_tick = on_spikes, on_tick
         self.max_latency = max_latency
-        self.offset = 0.0  # s, latest time correction
         self.clock, self.sync_channel, self._on_event = clock, sync_channel, on_event
+        self.corrects_clock = clock is None  # else the sync fit maps the stamps
         self.clock_events = 0
         self.stall_after, self._on_gap = stall_after, on_gap
         self.gaps: list[tuple[float, float]] = []
         self.in_gap_since: float | None = None  # s, local clock: the newest stamp before the gap
         self._last: tuple[float, float] | None = None  # (latest stamp, monotonic time it came)
         self.received = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spike-inlet", daemon=True)
 
-    def start(self) -> None:
-        self._inlet.open_stream(timeout=5.0)
-        if self.clock is None:
-            self.offset = self._inlet.time_correction(timeout=5.0)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._inlet.close_stream()
-
-    def _run(self) -> None:
+    def _pull(self) -> None:
         newest = -np.inf  # s, local clock: the latest stamp seen, corrected
         held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # raw spikes awaiting the clock map
         next_clock = time.monotonic() + CLOCK_REFRESH
         last_arrival = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=MAX_CHUNK,
-                                                         min_samples=1, as_numpy=True)
-                if self.clock is None and time.monotonic() > next_clock:
-                    self.offset = self._inlet.time_correction(timeout=1.0)
-                    next_clock = time.monotonic() + CLOCK_REFRESH
-                if not len(stamps) and time.monotonic() - last_arrival > self.stall_after:
-                    if self.in_gap_since is None:
-                        self.in_gap_since = newest if np.isfinite(newest) else pylsl.local_clock()
-                        log.warning("spike stream %r: no samples for %.1f s; waiting for it to return",
-                                    self.name, self.stall_after)
-                    continue  # acquisition time stands still: no window closes on missing data
-                if len(stamps):
-                    last_arrival = time.monotonic()
-                    if self.in_gap_since is not None:
-                        self._end_gap(float(self._to_local(stamps[:1])[0]))
-                    times, channels, units = self._decode(samples, stamps)
-                    if self.clock is not None:
-                        sync = channels == self.sync_channel
-                        for index, t in zip(units[sync], times[sync]):
-                            self.clock.add_sync(int(index), float(t))
-                        times, channels, units = times[~sync], channels[~sync], units[~sync]
-                    self._check_stamps(times)
-                    held.append((times, channels, units))
-                    if self.clock is None or self.clock.ready:
-                        times, channels, units = (np.concatenate(part) for part in zip(*held))
-                        held.clear()
-                        newest = max(newest, float(self._to_local(stamps[-1:])[0]))
-                        self.received += len(times)
-                        if len(times):
-                            self._on_spikes(self._to_local(times), channels, units)
+        while not self._stop.is_set():
+            samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=MAX_CHUNK,
+                                                     min_samples=1, as_numpy=True)
+            if self.clock is None and time.monotonic() > next_clock:
+                self.offset = self._inlet.time_correction(timeout=1.0)
+                next_clock = time.monotonic() + CLOCK_REFRESH
+            if not len(stamps) and time.monotonic() - last_arrival > self.stall_after:
+                if self.in_gap_since is None:
+                    self.in_gap_since = newest if np.isfinite(newest) else pylsl.local_clock()
+                    log.warning("spike stream %r: no samples for %.1f s; waiting for it to return",
+                                self.name, self.stall_after)
+                continue  # acquisition time stands still: no window closes on missing data
+            if len(stamps):
+                last_arrival = time.monotonic()
+                if self.in_gap_since is not None:
+                    self._end_gap(float(self._to_local(stamps[:1])[0]))
+                times, channels, units = self._decode(samples, stamps)
+                if self.clock is not None:
+                    sync = channels == self.sync_channel
+                    for index, t in zip(units[sync], times[sync]):
+                        self.clock.add_sync(int(index), float(t))
+                    times, channels, units = times[~sync], channels[~sync], units[~sync]
+                self._check_stamps(times)
+                held.append((times, channels, units))
                 if self.clock is None or self.clock.ready:
-                    # Silence confirms nothing until stall_after: a dead stream is silent too.
-                    quiet = max(self.max_latency, self.stall_after)
-                    self._on_tick(max(newest, pylsl.local_clock() - quiet))
-        except BaseException as exc:  # surfaced by the session loop, never swallowed
-            self.error = exc
+                    times, channels, units = (np.concatenate(part) for part in zip(*held))
+                    held.clear()
+                    newest = max(newest, float(self._to_local(stamps[-1:])[0]))
+                    self.received += len(times)
+                    if len(times):
+                        self._on_spikes(self._to_local(times), channels, units)
+            if self.clock is None or self.clock.ready:
+                # Silence confirms nothing until stall_after: a dead stream is silent too.
+                quiet = max(self.max_latency, self.stall_after)
+                self._on_tick(max(newest, pylsl.local_clock() - quiet))
 
     def _end_gap(self, end: float) -> None:
         start, self.in_gap_since = self.in_gap_since, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pylsl
@@ -107,3 +108,44 @@ def count_stream_info(spec: StreamSpec, source_id: str, channels: int, rate: flo
     for k in range(channels):
         described.append_child("channel").append_child_value("label", f"ch{k + 1}")
     return info
+
+
+class InletThread:
+    """An LSL inlet pulled on its own thread (subclasses write ``_pull``).
+
+    ``start`` opens the stream and takes LSL's clock offset (``offset``, s to
+    add to a stamp for this machine's clock) unless ``corrects_clock`` is
+    False; an exception in the thread is kept in ``error`` for the session
+    loop to raise, never swallowed.
+    """
+
+    corrects_clock = True
+
+    def __init__(self, info: pylsl.StreamInfo, max_buflen: int, thread_name: str):
+        self.name = info.name()
+        self._inlet = pylsl.StreamInlet(info, max_buflen=max_buflen, recover=True)
+        self.offset = 0.0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def start(self) -> None:
+        self._inlet.open_stream(timeout=5.0)
+        if self.corrects_clock:
+            self.offset = self._inlet.time_correction(timeout=5.0)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._inlet.close_stream()
+
+    def _run(self) -> None:
+        try:
+            self._pull()
+        except BaseException as exc:  # surfaced by the session loop
+            self.error = exc
+
+    def _pull(self) -> None:
+        """Pull until ``self._stop`` is set."""
+        raise NotImplementedError

@@ -19,19 +19,19 @@ class HeadlessPresenter(Presenter):
     long frame interval (a dropped frame), exactly as on a monitor.
     """
 
-    def __init__(self, display, markers):
-        super().__init__(display, markers)
+    def __init__(self, display, layout, markers):
+        super().__init__(display, layout, markers)
         self._last_flip = pylsl.local_clock()
         self.image: np.ndarray | None = None
 
     def _load(self, image: np.ndarray) -> None:
         self.image = image
 
-    def _flip(self, show_image: bool, marker: str | None = None) -> float:
+    def _flip(self, show_image: bool, markers: list[str]) -> float:
         now = pylsl.local_clock()
         frames_ahead = max(1, int(np.ceil((now - self._last_flip) / self.frame_period)))
         flip = self._last_flip + frames_ahead * self.frame_period
         time.sleep(max(0.0, flip - pylsl.local_clock()))
         self._last_flip = flip
-        self._publish(marker, flip)
+        self._flipped(markers, flip)
         return flip

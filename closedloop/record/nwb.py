@@ -15,7 +15,8 @@ Where things go in the file (times in seconds after the reference ``t0``, see be
 ``intervals["presentations"]``                  one row per marker: ``start_time`` = onset,
                                                 ``stop_time`` = offset, ``presentation``,
                                                 ``stimulus_id``, ``pool_index``, ``role``,
-                                                ``family``, ``params`` (JSON text),
+                                                ``family``, ``params`` (JSON text), ``trial``,
+                                                ``aborted`` (a fixation break cut it short),
                                                 ``dropped_frames``, ``frame_intervals`` (ragged),
                                                 ``responded``, ``gap``, ``counts`` (float, one
                                                 column per recorded unit; NaN where no response
@@ -226,7 +227,8 @@ def _build_checked(record: SessionRecord):
         return {"index": _int(m, "index"), "stimulus": sid, "pool_index": pool_index,
                 "role": str(m["role"]), "onset": onset, "offset": offset,
                 "dropped_frames": _int(m, "dropped_frames") if "dropped_frames" in m else -1,
-                "frame_intervals": intervals}
+                "frame_intervals": intervals, "trial": _int(m, "trial") if "trial" in m else -1,
+                "aborted": bool(m.get("aborted", False))}
 
     def response(r: dict) -> dict:
         counts = r["counts"]
@@ -348,6 +350,10 @@ def _build_checked(record: SessionRecord):
              np.array([pool.families[m["pool_index"]] for m in markers], str), None),
             ("params", "stimulus parameters, JSON text",
              np.array([json.dumps(pool.params[m["pool_index"]]) for m in markers], str), None),
+            ("trial", "fixation trial the presentation belongs to (-1: not recorded)",
+             np.array([m["trial"] for m in markers], np.int64), None),
+            ("aborted", "a fixation break took the image off before its last frame",
+             np.array([m["aborted"] for m in markers], bool), None),
             ("dropped_frames", "frames shown late (-1: not recorded)",
              np.array([m["dropped_frames"] for m in markers], np.int64), None),
             ("frame_intervals", "s between this presentation's display flips",

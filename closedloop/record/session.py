@@ -8,13 +8,17 @@ flushed as it happens, so a killed run keeps everything completed):
 ``rig.json``       the resolved rig
 ``stimuli.npz``    the candidate pool (see ``StimulusPool.save``)
 ``markers.jsonl``  one per presentation: index, stimulus id, pool index, role,
-                   onset and offset (s, LSL clock), frame intervals, dropped frames
+                   trial, onset and offset (s, LSL clock), frame intervals,
+                   dropped frames, ``aborted`` when fixation broke during it
+``frames.bin``     every flip of the whole session: float64 little-endian,
+                   s, LSL clock (frame intervals are its differences)
 ``spikes.bin``     every spike: little-endian records of time (float64, s,
                    LSL clock of the stimulus PC), channel (int32), unit (int32)
 ``responses.jsonl`` one per presentation: index, stimulus, role, onset, counts
 ``selections.jsonl`` one per model decision: chosen ids, scores, turnaround
 ``accuracy.jsonl`` held-out prediction accuracy over time
-``events.jsonl``   deadline misses, warnings and errors
+``events.jsonl``   trials (fixation breaks, rewards, no fixation), deadline
+                   misses, stream gaps, warnings and errors
 ``summary.json``   written at the end: counts, deadline misses, accuracy
 =================  ==========================================================
 """
@@ -33,14 +37,16 @@ from closedloop.errors import ClosedLoopError
 from closedloop.stimuli import StimulusPool
 
 SPIKE_DTYPE = np.dtype([("time", "<f8"), ("channel", "<i4"), ("unit", "<i4")])
+FRAME_DTYPE = np.dtype("<f8")
 LOGS = ("markers", "responses", "selections", "accuracy", "events")
+BINARY = {"spikes": SPIKE_DTYPE, "frames": FRAME_DTYPE}  # name.bin: fixed-size records
 
 
 class SessionWriter:
     """Appends records to a session directory from a background thread.
 
-    Callers never wait on the disk: :meth:`log` and :meth:`spikes` only
-    enqueue. Each record is written and flushed as soon as the thread gets it.
+    Callers never wait on the disk: :meth:`log`, :meth:`spikes` and
+    :meth:`frames` only enqueue. Each record is written and flushed as soon as the thread gets it.
     """
 
     def __init__(self, path: Path | str, protocol: dict, rig: dict, pool: StimulusPool):
@@ -65,17 +71,19 @@ class SessionWriter:
             log = self.path / f"{name}.jsonl"
             text = log.read_bytes()
             log.write_bytes(text[:text.rfind(b"\n") + 1])
-        spikes = self.path / "spikes.bin"
-        size = spikes.stat().st_size
-        with open(spikes, "r+b") as f:
-            f.truncate(size - size % SPIKE_DTYPE.itemsize)
+        for name, dtype in BINARY.items():
+            binary = self.path / f"{name}.bin"
+            binary.touch()  # sessions from before frames were recorded
+            size = binary.stat().st_size
+            with open(binary, "r+b") as f:
+                f.truncate(size - size % dtype.itemsize)
         (self.path / "summary.json").unlink(missing_ok=True)
         self._open()
         return self
 
     def _open(self) -> None:
         self._files = {name: open(self.path / f"{name}.jsonl", "a") for name in LOGS}
-        self._spikes = open(self.path / "spikes.bin", "ab")
+        self._binary = {name: open(self.path / f"{name}.bin", "ab") for name in BINARY}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="session-writer", daemon=True)
         self._thread.start()
@@ -92,6 +100,10 @@ class SessionWriter:
         block["time"], block["channel"], block["unit"] = times, channels, units
         self._queue.put(("spikes", block))
 
+    def frames(self, flips: np.ndarray) -> None:
+        """Append flip times (s, LSL clock) to ``frames.bin``."""
+        self._queue.put(("frames", np.asarray(flips, FRAME_DTYPE)))
+
     def flush(self) -> None:
         """Return once everything queued so far is on disk."""
         written = threading.Event()
@@ -102,7 +114,7 @@ class SessionWriter:
         """Write everything still queued, then ``summary.json`` if given."""
         self._queue.put(None)
         self._thread.join()
-        for f in (*self._files.values(), self._spikes):
+        for f in (*self._files.values(), *self._binary.values()):
             f.close()
         if summary is not None:
             (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -112,9 +124,9 @@ class SessionWriter:
             name, record = item
             if name == "flush":
                 record.set()
-            elif name == "spikes":
-                self._spikes.write(record.tobytes())
-                self._spikes.flush()
+            elif name in self._binary:
+                self._binary[name].write(record.tobytes())
+                self._binary[name].flush()
             else:
                 self._files[name].write(json.dumps(record) + "\n")
                 self._files[name].flush()
@@ -134,6 +146,7 @@ class SessionRecord:
     accuracy: list[dict]
     events: list[dict]
     spikes: np.ndarray  # SPIKE_DTYPE records
+    frames: np.ndarray  # every flip, s (float64)
     summary: dict | None  # None when the run was killed before it ended
 
 
@@ -147,6 +160,12 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise ClosedLoopError(f"session file {path}: corrupt at line {exc.lineno}") from None
 
 
+def _read_binary(path: Path, dtype: np.dtype) -> np.ndarray:
+    """Whole records only (a record cut short by a killed run is ignored); empty when absent."""
+    raw = path.read_bytes() if path.exists() else b""
+    return np.frombuffer(raw[:len(raw) - len(raw) % dtype.itemsize], dtype)
+
+
 def read_session(path: Path | str) -> SessionRecord:
     """Read a session directory, complete or cut short by a killed run."""
     path = Path(path)
@@ -155,8 +174,6 @@ def read_session(path: Path | str) -> SessionRecord:
     for required in ("protocol.json", "rig.json", "stimuli.npz", *(f"{n}.jsonl" for n in LOGS), "spikes.bin"):
         if not (path / required).exists():
             raise ClosedLoopError(f"session {path}: missing {required}")
-    raw = (path / "spikes.bin").read_bytes()
-    whole = len(raw) - len(raw) % SPIKE_DTYPE.itemsize
     summary_path = path / "summary.json"
     return SessionRecord(
         path=path,
@@ -164,6 +181,7 @@ def read_session(path: Path | str) -> SessionRecord:
         rig=json.loads((path / "rig.json").read_text()),
         pool=StimulusPool.load(path / "stimuli.npz"),
         **{name: _read_jsonl(path / f"{name}.jsonl") for name in LOGS},
-        spikes=np.frombuffer(raw[:whole], SPIKE_DTYPE),
+        spikes=_read_binary(path / "spikes.bin", SPIKE_DTYPE),
+        frames=_read_binary(path / "frames.bin", FRAME_DTYPE),
         summary=json.loads(summary_path.read_text()) if summary_path.exists() else None,
     )

@@ -5,6 +5,11 @@ id in the stimulus file, and makes every simulated neuron fire at its driven
 rate from ``onset + latency`` to ``offset + latency`` and at its baseline rate
 otherwise. Each spike is one (channel, unit) sample stamped at its spike time.
 Neuron ``i`` (in rig order, after folders expand) is channel ``i + 1``, unit 1.
+
+With a ``[gaze]`` stream in the rig it also plays the eye: gaze samples (x, y
+degrees from fixation) with Gaussian jitter, and fixation breaks as a Poisson
+process (``fixation_breaks`` per second) that each take the gaze 10 degrees
+away for ``break_duration`` s.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STEP = 0.002  # s between spike batches
 MARKER_SLACK = 0.02  # s: the photodiode trace is pushed once every marker up to it has arrived
+BREAK_GAZE = (10.0, 0.0)  # degrees: where the eye goes during a fixation break
 
 
 def simulated_units(rig: Rig) -> list[UnitSpec]:
@@ -75,6 +81,13 @@ class SpikeSimulator:
                                   pylsl.cf_float32, rig.photodiode.source_id or f"closedloop-sim-pd-{rig.rig.name}")
             self.photodiode = pylsl.StreamOutlet(pd)
         self.clock_rate = 1.0 + self.sim.clock_drift_ppm * 1e-6
+        self.gaze = None
+        if rig.gaze is not None:
+            gaze = pylsl.StreamInfo(rig.gaze.name, rig.gaze.type, 2, self.sim.gaze_rate, pylsl.cf_float32,
+                                    rig.gaze.source_id or f"closedloop-sim-gaze-{rig.rig.name}")
+            self.gaze = pylsl.StreamOutlet(gaze)
+            self._eye_rng = np.random.default_rng(self.sim.seed + 1)
+            self._break = (np.inf, np.inf)  # (start, end) s of the next or current fixation break
         self.spikes_sent = 0
         source_id = rig.spikes.source_id or f"closedloop-sim-{rig.rig.name}"
         if rig.spikes.format == "counts":
@@ -146,6 +159,24 @@ class SpikeSimulator:
         self._light = [span for span in self._light if span[1] > times[-1]]
         return float(times[-1] + period)
 
+    def push_gaze(self, t0: float, t1: float) -> float:
+        """Gaze samples from ``t0`` up to ``t1`` (s, local clock); returns the next sample time."""
+        period = 1.0 / self.sim.gaze_rate
+        times = t0 + period * np.arange(int((t1 - t0) / period))
+        if not len(times):
+            return t0
+        gaze = self._eye_rng.normal(0.0, self.sim.gaze_noise, (len(times), 2))
+        for k, t in enumerate(times):
+            if self._break[0] == np.inf and self.sim.fixation_breaks > 0:
+                start = t + self._eye_rng.exponential(1.0 / self.sim.fixation_breaks)
+                self._break = (start, start + self.sim.break_duration)
+            if self._break[0] <= t < self._break[1]:
+                gaze[k] += BREAK_GAZE
+            elif t >= self._break[1]:
+                self._break = (np.inf, np.inf)
+        self.gaze.push_chunk(gaze.astype(np.float32), times)
+        return float(times[-1] + period)
+
     def acquisition_clock(self, t: np.ndarray) -> np.ndarray:
         """The simulated acquisition system's clock at local times ``t`` (offset and drift imposed)."""
         return self.sim.clock_offset + self.clock_rate * np.asarray(t)
@@ -166,7 +197,7 @@ class SpikeSimulator:
         inlet.open_stream(timeout=5.0)
         offset = inlet.time_correction(timeout=5.0)
         bin_width = 1.0 / self.rig.spikes.rate if self.rig.spikes.format == "counts" else 0.0
-        done = light_done = pylsl.local_clock()
+        done = light_done = gaze_done = pylsl.local_clock()
         if bin_width:
             done = np.floor(done / bin_width) * bin_width
         while not stop.is_set():
@@ -176,6 +207,8 @@ class SpikeSimulator:
             now = pylsl.local_clock()
             if self.photodiode is not None:
                 light_done = self.push_photodiode(light_done, now - MARKER_SLACK)
+            if self.gaze is not None:
+                gaze_done = self.push_gaze(gaze_done, now)
             if bin_width:
                 now = np.floor(now / bin_width) * bin_width  # whole bins only
                 if now <= done:

@@ -1,4 +1,8 @@
-"""The candidate pool: rendered stimuli, addressed by a content hash of their pixels."""
+"""The candidate pool: rendered stimuli, addressed by a content hash of their pixels.
+
+Pools are made by :func:`closedloop.stimuli.generate_pool` (random members of
+families) or by rendering a stimulus set (:mod:`closedloop.stimuli.sets`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from closedloop.errors import ClosedLoopError
-from closedloop.stimuli.families import FAMILIES
 
 
 def stimulus_id(image: np.ndarray) -> str:
@@ -19,6 +23,32 @@ def stimulus_id(image: np.ndarray) -> str:
     image = np.ascontiguousarray(image, dtype=np.uint8)
     digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes())
     return digest.hexdigest()[:16]
+
+
+GALLERY_PAD = 4  # pixels between gallery cells
+GALLERY_LABEL = 14  # caption strip under each image
+GALLERY_TITLE = 18  # title strip at the top
+GALLERY_CANVAS = (32, 32, 32)
+GALLERY_INK = (235, 235, 235)
+
+
+def gallery_size(count: int, side: int, columns: int) -> tuple[int, int]:
+    """(width, height) in pixels of a gallery of ``count`` images of ``side`` pixels, ``columns`` a row."""
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    return (GALLERY_PAD + columns * (side + GALLERY_PAD),
+            GALLERY_TITLE + rows * (side + GALLERY_LABEL + GALLERY_PAD))
+
+
+def _fitter(ink: ImageDraw.ImageDraw, font):
+    """A function cutting text to fit a width in pixels (an ellipsis marks the cut)."""
+    def fit(text: str, width: int) -> str:
+        if ink.textlength(text, font=font) <= width:
+            return text
+        while text and ink.textlength(text + "…", font=font) > width:
+            text = text[:-1]
+        return text + "…" if text else ""
+    return fit
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,40 @@ class StimulusPool:
         meta = json.dumps({"families": self.families, "params": self.params})
         np.savez_compressed(path, images=self.images, meta=np.array(meta))
 
+    def label(self, i: int) -> str:
+        """A short caption of stimulus ``i``: its index and family (a natural image: its file name)."""
+        params = self.params[i]
+        what = params.get("file", self.families[i]) if isinstance(params, dict) else self.families[i]
+        gaudy = " gaudy" if isinstance(params, dict) and params.get("gaudy") else ""
+        return f"{i} {what}{gaudy}"
+
+    def gallery(self, columns: int = 16, limit: int | None = None, title: str | None = None) -> Image.Image:
+        """A contact sheet: the first ``limit`` images (all by default), ``columns`` a row, each captioned.
+
+        Layout (pixels, N the image side): a ``GALLERY_TITLE`` high title strip, then cells of
+        N + ``GALLERY_PAD`` wide and N + ``GALLERY_LABEL`` + ``GALLERY_PAD`` high, with a
+        ``GALLERY_PAD`` margin on the left and at the bottom.
+        """
+        count = len(self) if limit is None else min(limit, len(self))
+        if count == 0:
+            raise ValueError("an empty pool has no gallery")
+        side = self.images.shape[1]
+        columns = max(1, min(columns, count))
+        width, height = gallery_size(count, side, columns)
+        sheet = Image.new("RGB", (width, height), GALLERY_CANVAS)
+        ink = ImageDraw.Draw(sheet)
+        font = ImageFont.load_default()
+        fit = _fitter(ink, font)
+        ink.text((GALLERY_PAD, 2), fit(title or f"{len(self)} stimuli", width - 2 * GALLERY_PAD), fill=GALLERY_INK,
+                 font=font)
+        for i in range(count):
+            row, column = divmod(i, columns)
+            x = GALLERY_PAD + column * (side + GALLERY_PAD)
+            y = GALLERY_TITLE + row * (side + GALLERY_LABEL + GALLERY_PAD)
+            sheet.paste(Image.fromarray(self.images[i]), (x, y))
+            ink.text((x, y + side + 1), fit(self.label(i), side + GALLERY_PAD - 1), fill=GALLERY_INK, font=font)
+        return sheet
+
     @classmethod
     def load(cls, path: Path | str) -> StimulusPool:
         """Read a pool written by :meth:`save`."""
@@ -72,31 +136,3 @@ class StimulusPool:
             raise ClosedLoopError(f"stimulus file {path}: not found") from None
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ClosedLoopError(f"stimulus file {path}: unreadable ({exc})") from None
-
-
-def generate_pool(families: dict[str, int], size_px: int, seed: int) -> StimulusPool:
-    """Render ``families[name]`` random members of each named family, reproducibly.
-
-    Duplicate renderings (same pixels) are kept once.
-    """
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        raise ClosedLoopError(
-            f"unknown stimulus family {unknown[0]!r}; known: {', '.join(sorted(FAMILIES))}"
-        )
-    rng = np.random.default_rng(seed)
-    images, names, params, seen = [], [], [], set()
-    for name, count in families.items():
-        family = FAMILIES[name]
-        for _ in range(count):
-            p = family.sample(rng)
-            image = family.render(p, size_px)
-            sid = stimulus_id(image)
-            if sid not in seen:
-                seen.add(sid)
-                images.append(image)
-                names.append(name)
-                params.append(p)
-    if not images:
-        raise ClosedLoopError("the stimulus pool is empty: ask for at least one image")
-    return StimulusPool(np.stack(images), names, params)

@@ -37,7 +37,8 @@ def make_session(path, pool, complete=True, answered=range(len(SHOWN))):
         onset = T + 0.01 + 0.25 * i
         markers.append({"index": i, "stimulus": pool.ids[p], "pool_index": p, "role": ROLES[i],
                         "onset": onset, "offset": onset + 0.1, "dropped_frames": i % 2,
-                        "frame_intervals": [1 / 60 + 0.001 * i] * 3})
+                        "frame_intervals": [1 / 60 + 0.001 * i] * 3, "trial": i // 4,
+                        **({"aborted": True} if i == 3 else {})})
         writer.log("markers", markers[-1])
     spikes = np.sort(T + rng.uniform(0, 1.6, 80))
     spikes[0] = T
@@ -116,6 +117,8 @@ def test_pynwb_reads_back_everything(tmp_path, pool):
         assert list(table["family"][:]) == [pool.families[p] for p in SHOWN]
         assert [json.loads(p) for p in table["params"][:]] == [pool.params[p] for p in SHOWN]
         assert list(table["dropped_frames"][:]) == [i % 2 for i in range(len(SHOWN))]
+        assert list(table["trial"][:]) == [i // 4 for i in range(len(SHOWN))]
+        assert list(table["aborted"][:]) == [i == 3 for i in range(len(SHOWN))]
         assert [list(x) for x in table["frame_intervals"][:]] == [m["frame_intervals"] for m in w["markers"]]
         np.testing.assert_array_equal(table["counts"][:], [r["counts"] for r in w["responses"]])
         assert list(table["responded"][:]) == [True] * 6

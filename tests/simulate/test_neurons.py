@@ -13,7 +13,7 @@ from closedloop.simulate.neurons import (
     CurvatureUnit, DotUnit, OrientationUnit, Population, build_neurons, neuron_names,
 )
 from closedloop.stimuli import generate_pool
-from closedloop.stimuli.families import FAMILIES
+from closedloop.stimuli.registry import FAMILIES
 
 SIZE = 112
 
@@ -28,11 +28,11 @@ def drive(unit, image) -> float:
 
 def test_curvature_unit_prefers_a_protrusion_in_its_direction():
     unit = CurvatureUnit("c", orientation=90.0)
-    finger = dict(radii=[1.0, 0.1, 0.1, 0.1], size=0.35, x=0.0, y=0.0, fill=True, colour=[0, 0, 0])
-    up = drive(unit, render("contour", rotation=90.0, **finger))  # a thin spindle, vertical
-    sideways = drive(unit, render("contour", rotation=0.0, **finger))
-    dot = drive(unit, render("dot", dots=[[0.0, 0.0, 0.04]], colour=[0, 0, 0]))  # the tip's size
-    assert up > 3 * sideways and up > 2 * dot
+    drop = dict(shape=15, size=0.35, fill=True, contrast=-1.0)  # one sharp point, at 90 degrees unrotated
+    up = drive(unit, render("contour", rotation=0, **drop))
+    sideways = drive(unit, render("contour", rotation=270, **drop))
+    dot = drive(unit, render("dot", positions=[[0.0, 0.0]], diameter=0.08, polarity="dark"))  # the tip's size
+    assert up > 2 * sideways and up > 2 * dot
 
 
 def test_template_matching_is_a_correlation():
@@ -49,9 +49,9 @@ def test_template_matching_is_a_correlation():
 
 def test_dot_unit_prefers_a_disc_of_its_size():
     unit = DotUnit("d", radius=0.05)
-    matched = drive(unit, render("dot", dots=[[0.1, 0.0, 0.05]], colour=[1, 1, 1]))
-    large = drive(unit, render("dot", dots=[[0.1, 0.0, 0.25]], colour=[1, 1, 1]))
-    outside = drive(unit, render("dot", dots=[[0.45, 0.45, 0.05]], colour=[1, 1, 1]))  # beyond the field
+    matched = drive(unit, render("dot", positions=[[0.1, 0.0]], diameter=0.1))
+    large = drive(unit, render("dot", positions=[[0.1, 0.0]], diameter=0.5))
+    outside = drive(unit, render("dot", positions=[[0.45, 0.45]], diameter=0.1))  # beyond the field
     assert matched > 1.5 * large and matched > 10 * max(outside, 1e-6)
 
 

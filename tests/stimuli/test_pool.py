@@ -47,3 +47,21 @@ def test_bad_pools(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ClosedLoopError, match="junk.npz: unreadable"):
         StimulusPool.load(tmp_path / "junk.npz")
+
+
+def test_gallery_is_a_captioned_grid():
+    from closedloop.stimuli.pool import GALLERY_LABEL, GALLERY_PAD, GALLERY_TITLE
+
+    pool = generate_pool({"dot": 6, "grating": 5}, 20, seed=0)
+    sheet = pool.gallery(columns=4)
+    assert sheet.size == (GALLERY_PAD + 4 * (20 + GALLERY_PAD), GALLERY_TITLE + 3 * (20 + GALLERY_LABEL + GALLERY_PAD))
+    pixels = np.asarray(sheet)
+    for i in (0, 5, 10):  # each image is pasted in its cell
+        row, column = divmod(i, 4)
+        x, y = GALLERY_PAD + column * (20 + GALLERY_PAD), GALLERY_TITLE + row * (20 + GALLERY_LABEL + GALLERY_PAD)
+        assert np.array_equal(pixels[y:y + 20, x:x + 20], pool.images[i])
+        caption = pixels[y + 20:y + 20 + GALLERY_LABEL, x:x + 20]
+        assert caption.max() > 200  # a caption is written under it
+    assert pool.gallery(columns=4, limit=3).size == (GALLERY_PAD + 3 * 24,
+                                                     GALLERY_TITLE + 20 + GALLERY_LABEL + GALLERY_PAD)
+    assert pool.label(0) == "0 dot"
