@@ -252,3 +252,93 @@ def stimuli_show(set_path: Path, out: Path, size: int, columns: int, limit: int 
     except OSError as exc:
         raise ClosedLoopError(f"gallery {out}: cannot write ({exc.strerror or exc})") from None
     click.echo(f"{len(pool)} stimuli in {stimulus_set.path}; gallery of {shown} written to {out}")
+
+
+# ---------------------------------------------------------------- compress --
+@main.command("compress")
+@click.option("--teacher", "teacher_path", required=True, type=click.Path(path_type=Path),
+              help="Teacher: a published compact .pt, an .onnx, a TorchScript or a closedloop model file.")
+@click.option("--images", "pool_path", default=None, type=click.Path(path_type=Path),
+              help="Image pool: a stimulus set (.toml, or a shipped set's name such as demo), "
+                   "a pool .npz, or a folder/.zip of natural images.")
+@click.option("--generate", default=0, show_default=True, type=click.IntRange(0),
+              help="Add N generated stimuli (contours, dots, gratings, textures) to the pool.")
+@click.option("--output", default=0, show_default=True, type=click.IntRange(0),
+              help="Which teacher output (neuron) the student learns.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Student file to write  [default: TEACHER-STEM.student.pt in this folder]")
+@click.option("--filters", default=100, show_default=True, type=click.IntRange(1),
+              help="Filters per layer of the student before pruning.")
+@click.option("--threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of each layer's output variance the kept filters must explain.")
+@click.option("--images-n", default=1500, show_default=True, type=click.IntRange(1),
+              help="Training images after augmentation.")
+@click.option("--heldout", default=0.15, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of the pool held out for the accuracy figures.")
+@click.option("--steps", default=80, show_default=True, type=click.IntRange(0), help="Distillation minibatches.")
+@click.option("--prune-steps", default=15, show_default=True, type=click.IntRange(0),
+              help="Retraining minibatches after each layer is pruned.")
+@click.option("--final-steps", default=40, show_default=True, type=click.IntRange(0),
+              help="Retraining minibatches at the end.")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(2), help="Images per minibatch.")
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Adam step size.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the split, augmentation and training.")
+def compress_command(teacher_path: Path, pool_path: Path | None, generate: int, output: int, out: Path | None,
+                     filters: int, threshold: float, images_n: int, heldout: float, steps: int, prune_steps: int,
+                     final_steps: int, batch: int, lr: float, seed: int) -> None:
+    """Distil a teacher into a compact CNN, prune it filter by filter, retrain; print the figures."""
+    import numpy as np
+
+    from closedloop.model.compress import CompressConfig, compress_file, generated_images, load_pool
+
+    if pool_path is None and not generate:
+        raise ClosedLoopError("compress: give an image pool (--images POOL) or --generate N")
+    parts, names = [], []
+    if pool_path is not None:
+        pool_path = _stimulus_set_path(pool_path)
+        parts.append(load_pool(pool_path))
+        names.append(str(pool_path))
+    if generate:
+        parts.append(generated_images(generate, seed))
+        names.append(f"{generate} generated")
+    config = CompressConfig(filters=filters, threshold=threshold, output=output, images_n=images_n,
+                            heldout=heldout, steps=steps, prune_steps=prune_steps, final_steps=final_steps,
+                            batch=batch, lr=lr, seed=seed)
+    out = out or Path(f"{teacher_path.stem}.student.pt")
+
+    def progress(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    result = compress_file(teacher_path, np.concatenate(parts), out, config, log=progress,
+                           pool_name=f"image pool {' + '.join(names)}")
+    click.echo(result.report())
+    click.echo(f"student written to {out}")
+
+
+# ----------------------------------------------------------------- inspect --
+@main.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--pool", "pool_path", default=None, type=click.Path(path_type=Path),
+              help="Images to rank: a stimulus set (.toml, or a shipped set's name), a saved pool (.npz), "
+                   "or a folder or .zip of images.  [default: stimuli/demo.toml]")
+@click.option("--output", default=0, show_default=True, type=int, help="Which output (neuron) of the model.")
+@click.option("--steps", default=100, show_default=True, type=int,
+              help="Gradient-ascent steps for the synthesised preferred image.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthesis.")
+def inspect_model_command(model: Path, out: Path, pool_path: Path | None, output: int, steps: int,
+                          seed: int) -> None:
+    """Figure of MODEL: layer filters, top and bottom pool images, a synthesised preferred image.
+
+    MODEL is a published compact model (.pt beside its .nums_filters.npy), an ONNX file (no filters
+    or synthesis: those panels show a note), a TorchScript file or a closedloop model file.
+    """
+    from closedloop.model.inspect import inspect_model
+
+    pool = None if pool_path is None else _stimulus_set_path(pool_path)
+    result = inspect_model(model, out, pool=pool, output=output, steps=steps, seed=seed,
+                           progress=lambda message: console.print(f"{message} ..."))
+    click.echo(result.summary())

@@ -268,6 +268,11 @@ class ModelSpec(_Strict):
     steps_per_update: Annotated[int, Field(ge=1)] = 40
     batch_size: Annotated[int, Field(ge=1)] = 32
     threads: Annotated[int, Field(ge=1)] = 1
+    warm_start: Path | None = Field(None, description="an ensemble checkpoint to start from (e.g. the "
+                                    "previous session's checkpoints/ensemble-final.pt), relative to the "
+                                    "protocol file; same units and architecture")
+    checkpoint_every: Annotated[int, Field(ge=0, description="responses between checkpoints in the "
+                                           "session's checkpoints/ (0: only the final one)")] = 100
 
 
 class ProtocolInfo(_Strict):
@@ -369,11 +374,15 @@ def load_rig(path: Path | str) -> Rig:
 
 
 def load_protocol(path: Path | str) -> Protocol:
-    """Load and validate a protocol file; a relative stimulus set path resolves against it."""
+    """Load and validate a protocol file; relative stimulus-set and warm-start paths resolve against it."""
     protocol = _load(path, Protocol, "protocol")
+    base = protocol.source.parent
     if protocol.pool.set is not None:
-        pool = protocol.pool.model_copy(update={"set": (protocol.source.parent / protocol.pool.set).resolve()})
+        pool = protocol.pool.model_copy(update={"set": (base / protocol.pool.set).resolve()})
         protocol = protocol.model_copy(update={"pool": pool})
+    if protocol.model.warm_start is not None:
+        model = protocol.model.model_copy(update={"warm_start": (base / protocol.model.warm_start).resolve()})
+        protocol = protocol.model_copy(update={"model": model})
     return protocol
 
 

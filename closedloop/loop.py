@@ -198,7 +198,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         worker = ModelWorker(WorkerConfig(
             pool_path=stimuli_path, units=len(units), model=protocol.model, selection=protocol.selection,
             candidates=tuple(candidates.tolist()), heldout=tuple(heldout.tolist()), seed=p.seed,
-            truth=rig.simulation if rig.rig.simulated else None))
+            truth=rig.simulation if rig.rig.simulated else None, checkpoints=session_dir / "checkpoints"))
         model_info = worker.start()
         if resume:  # what the animal already showed us
             for r in record.responses:

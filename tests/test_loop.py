@@ -178,3 +178,14 @@ def test_every_flip_is_recorded(session):
     assert all(m["onset"] in flips and m["offset"] in flips for m in record.markers)
     assert summary["frames"]["dropped_in_presentations"] == sum(m["dropped_frames"] for m in record.markers)
     assert summary["frames"]["interval_median_ms"] == pytest.approx(1e3 / 60, abs=0.01)
+
+
+def test_the_ensemble_is_checkpointed_in_the_session(session):
+    from closedloop.model.models import load_model
+
+    _, record = session
+    folder = record.path / "checkpoints"
+    assert (folder / "ensemble-000100.pt").is_file()  # every 100 responses trained on...
+    final = load_model(folder / "ensemble-final.pt")  # ...and at the end, as an ordinary model file
+    assert final.output_shape == (5, 3)  # members x units
+    assert final.predict(record.pool.images[:4]).shape == (4, 15)

@@ -99,6 +99,21 @@ class CompactModel(nn.Module):
         torch.Tensor
             (B,) outputs, arbitrary units.
         """
+        return self.readout(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The core's output: layer 4 flattened in (row, column, channel) order.
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            (B, 112, 112, 3) RGB pixels 0-255, as for :meth:`forward`.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, 28 * 28 * n4) features; ``readout(features(x)) == forward(x)``.
+        """
         layers = self.layers
         x = images.to(self.channel_means.dtype).permute(0, 3, 1, 2) - self.channel_means
         x = self._conv_bn_relu(x, layers["layer0_conv"], layers["layer0_bn"], padding=2)
@@ -106,8 +121,11 @@ class CompactModel(nn.Module):
             pad = (1, 2, 1, 2) if i <= 2 else (2, 2, 2, 2)
             x = layers[f"layer{i}_conv_depth"](F.pad(x, pad))
             x = self._conv_bn_relu(x, layers[f"layer{i}_conv_point"], layers[f"layer{i}_bn"])
-        x = x.permute(0, 2, 3, 1).flatten(1)  # (row, column, channel): channels last
-        return layers["Beta"](x)[:, 0]
+        return x.permute(0, 2, 3, 1).flatten(1)  # (row, column, channel): channels last
+
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        """The dense readout ``Beta`` of :meth:`features`: (B, 28 * 28 * n4) -> (B,)."""
+        return self.layers["Beta"](features)[:, 0]
 
     def _conv_bn_relu(self, x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d,
                       padding: int = 0) -> torch.Tensor:
@@ -210,20 +228,7 @@ def load_published(path: str | Path) -> CompactModel:
         raise ClosedLoopError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
 
     model = CompactModel(nums_filters.tolist())
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_few(unexpected)}")
-        raise ClosedLoopError(f"{path}: {'; '.join(parts)}")
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise ClosedLoopError(f"{path}: shape mismatch for {key}: file has {tuple(state[key].shape)}, "
-                                  f"nums_filters {nums_filters.tolist()} needs {tuple(value.shape)}")
+    check_state(path, model, state, f"nums_filters {nums_filters.tolist()}")
     model.load_state_dict(state, strict=True)  # copies and casts the float64 weights to float32
     return model
 
@@ -266,6 +271,26 @@ def published_name(path: str | Path) -> str:
     stem = Path(path).stem
     match = _NAME.match(stem)
     return f"{match['session']}_n{int(match['neuron'])}" if match else stem
+
+
+def check_state(path: Path, module: nn.Module, state: dict, arch: str) -> None:
+    """Raise a one-line ClosedLoopError naming ``path`` unless ``state`` fits ``module``: the
+    missing or unexpected keys, or the first weight whose shape differs (``arch`` describes the
+    architecture in the message)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"missing keys {_few(missing)}"] if missing else []) + (
+            [f"unexpected keys {_few(unexpected)}"] if unexpected else [])
+        raise ClosedLoopError(f"{path}: weights do not match the {arch} architecture: {'; '.join(parts)}")
+    for key, value in expected.items():
+        got = state[key]
+        if not isinstance(got, torch.Tensor):
+            raise ClosedLoopError(f"{path}: weight {key} is a {type(got).__name__}, not a tensor")
+        if tuple(got.shape) != tuple(value.shape):
+            raise ClosedLoopError(f"{path}: shape mismatch for {key}: the file has {tuple(got.shape)}, "
+                                  f"the {arch} architecture needs {tuple(value.shape)}")
 
 
 def _natural_key(path: Path) -> tuple:

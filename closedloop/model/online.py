@@ -10,18 +10,27 @@ Two time scales keep every update cheap:
 
 Members differ by initialisation and by online bootstrap weights (each
 response counts Poisson(1) times for each member, Oza & Russell 2001).
+
+An ensemble can start from a checkpoint (``warm_start``, e.g. the previous
+session's final model) and saves checkpoints in closedloop's model format
+(:func:`closedloop.model.models.save_model`), so any of them can be loaded,
+exported to ONNX or inspected like every other model.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from closedloop.config import ModelSpec
+from closedloop.errors import ClosedLoopError
 from closedloop.model.ensemble import CompactEnsemble, to_model_input
+from closedloop.model.models import load_model, save_model
 
 READOUT_STEPS = 5
 READOUT_BATCH = 256
@@ -51,6 +60,11 @@ class OnlineEnsemble:
         Architecture and training settings.
     seed : int
         Seed for initialisation, bootstrap weights and minibatches.
+
+    Raises
+    ------
+    ClosedLoopError
+        When ``spec.warm_start`` is unreadable or another architecture.
     """
 
     def __init__(self, images: np.ndarray, neurons: int, spec: ModelSpec, seed: int = 0):
@@ -59,6 +73,8 @@ class OnlineEnsemble:
         self._core_rng = np.random.default_rng(seed + 1)  # used only by the retraining thread
         self._x = to_model_input(images, spec.input_px)
         self.model = CompactEnsemble(neurons, spec.members, spec.input_px, spec.channels, seed)
+        if spec.warm_start is not None:
+            self.model.load_state_dict(_checkpoint_state(spec.warm_start, self.model))
         self._features = _pool_features(self.model, self._x)
         self._optimizer = self._readout_optimizer()
         self._index: list[int] = []
@@ -67,7 +83,9 @@ class OnlineEnsemble:
         self._lock = threading.Lock()
         self._new_data = threading.Event()
         self._stop = threading.Event()
-        self._ready: tuple[CompactEnsemble, torch.Tensor] | None = None
+        self._ready: tuple[CompactEnsemble, torch.Tensor, int] | None = None  # model, features, responses
+        self._retrained = threading.Event()
+        self.trained_on = 0  # responses the current cores were trained on
         self._thread = threading.Thread(target=self._retrain_cores, name="core-retrain", daemon=True)
         self._thread.start()
         self.core_version = 0
@@ -88,7 +106,7 @@ class OnlineEnsemble:
         """Swap in retrained cores if ready, then refit the readouts (fast)."""
         with self._lock:
             if self._ready is not None:
-                self.model, self._features = self._ready
+                self.model, self._features, self.trained_on = self._ready
                 self._ready = None
                 self._optimizer = self._readout_optimizer()
                 self.core_version += 1
@@ -103,11 +121,37 @@ class OnlineEnsemble:
             loss.backward()
             self._optimizer.step()
 
+    def sync(self, timeout: float = 300.0) -> None:
+        """Wait until the cores are retrained on every response so far, and swap them in.
+
+        The live loop never calls this (it takes retrained cores when they are
+        ready); offline fitting and tests use it to be deterministic.
+        """
+        with self._lock:
+            target = len(self._index)
+        deadline = time.monotonic() + timeout
+        self.update()
+        while self.trained_on < target:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise TimeoutError(f"cores not retrained on {target} responses within {timeout:g} s")
+            self._retrained.wait(0.05)
+            self._retrained.clear()
+            self.update()
+
     def predictions(self, index: np.ndarray | None = None) -> np.ndarray:
         """Expected counts (members, neurons, images) for pool images ``index`` (all if None)."""
         feats = self._features if index is None else self._features[index]
         with torch.no_grad():
             return self.model.readout(feats).permute(1, 2, 0).numpy()
+
+    def save(self, path: Path) -> None:
+        """Write the current ensemble as a checkpoint (a closedloop model file), atomically."""
+        with self._lock:
+            model, responses, version = copy.deepcopy(self.model), len(self._index), self.core_version
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        save_model(model, partial, name=path.stem, metadata={"responses": responses, "core_version": version})
+        partial.replace(path)
 
     def close(self) -> None:
         """Stop the background core retraining."""
@@ -151,7 +195,8 @@ class OnlineEnsemble:
                     return
             features = _pool_features(model, self._x)
             with self._lock:
-                self._ready = (model, features)
+                self._ready = (model, features, trained_on)
+            self._retrained.set()
 
 
 def _pool_features(model: CompactEnsemble, x: torch.Tensor) -> torch.Tensor:
@@ -159,3 +204,20 @@ def _pool_features(model: CompactEnsemble, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return torch.cat([model.features(x[i:i + FEATURE_CHUNK]) for i in range(0, len(x), FEATURE_CHUNK)])
+
+
+def _checkpoint_state(path: Path, model: CompactEnsemble) -> dict:
+    """The weights of the ensemble checkpoint at ``path``, checked against ``model``'s architecture."""
+    saved = getattr(load_model(path), "source", None)
+    if not isinstance(saved, CompactEnsemble):
+        raise ClosedLoopError(f"{path}: not an ensemble checkpoint (a {type(saved).__name__})")
+    for what in ("neurons", "members", "input_px"):
+        if getattr(saved, what) != getattr(model, what):
+            raise ClosedLoopError(f"{path}: the checkpoint has {what} {getattr(saved, what)}, "
+                                  f"this session needs {getattr(model, what)}")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, value in saved.state_dict().items():
+        if tuple(value.shape) != shapes[key]:
+            raise ClosedLoopError(f"{path}: the checkpoint's {key} has shape {tuple(value.shape)}, "
+                                  f"[model] channels need {shapes[key]}")
+    return saved.state_dict()

@@ -6,6 +6,11 @@ Messages out (``outbox``):
     ``("ready", info)`` once, then ``("choice", decision)`` after every batch
     of responses, ``("accuracy", report)`` every few responses, and
     ``("stopped", report)`` last.
+
+Checkpoints of the ensemble go to ``checkpoints/`` in the session directory
+every ``[model] checkpoint_every`` responses (``ensemble-<responses>.pt``) and
+at the end (``ensemble-final.pt``); the worker writes them, so presentation
+never waits on the disk.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class WorkerConfig:
     heldout: tuple[int, ...]  # pool indices never trained on nor chosen
     seed: int
     truth: SimulationSpec | None = None  # a simulated rig's neurons, for ground-truth accuracy
+    checkpoints: Path | None = None  # folder for ensemble checkpoints; None: none are written
 
 
 def correlations(predicted: np.ndarray, observed: np.ndarray) -> list[float | None]:
@@ -165,6 +171,17 @@ class _Learner:
             "turnaround_ms": (pylsl.local_clock() - completed_at) * 1000.0,
         }
 
+    def checkpoint(self, before: int = 0, final: bool = False) -> None:
+        """Save the ensemble when the responses passed a multiple of ``checkpoint_every``
+        (``before``: the count before the latest ones), or as the final checkpoint."""
+        folder, every, n = self.config.checkpoints, self.config.model.checkpoint_every, self.ensemble.n_responses
+        if folder is None:
+            return
+        if final:
+            self.ensemble.save(folder / "ensemble-final.pt")
+        elif every and n // every > before // every:
+            self.ensemble.save(folder / f"ensemble-{n:06d}.pt")
+
     def accuracy(self) -> dict:
         """Held-out accuracy: r against mean observed counts and, if simulated, true rates."""
         self.ensemble.update()
@@ -213,9 +230,11 @@ def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
             for _, pool_index, counts, heldout, _ in responses:
                 learner.add(pool_index, counts, heldout)
             if responses:
+                before = learner.ensemble.n_responses - len(responses)
                 outbox.put(("choice", learner.decide(responses[-1][4])))
                 if learner.stale:  # the choice did not need the model: learn after answering
                     learner.ensemble.update()
+                learner.checkpoint(before)
                 since_report += len(responses)
                 if since_report >= ACCURACY_EVERY:
                     outbox.put(("accuracy", learner.accuracy()))
@@ -223,6 +242,9 @@ def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
             if any(m[0] == "stop" for m in batch):
                 break
         outbox.put(("stopped", learner.accuracy()))
+        learner.checkpoint(final=True)
         learner.ensemble.close()
+    except ClosedLoopError as exc:  # bad input (e.g. the warm-start file): its one line
+        outbox.put(("error", str(exc)))
     except Exception:  # reported to the session, which logs it and stops
         outbox.put(("error", traceback.format_exc(limit=3)))

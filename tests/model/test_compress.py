@@ -1,0 +1,230 @@
+"""Distil and prune (closedloop compress): the variance criterion, exact pruning, a tiny run, bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from closedloop.cli import main
+from closedloop.errors import ClosedLoopError
+from closedloop.model.compact import CompactModel
+from closedloop.model.compress import (CompressConfig, compress_file, count_parameters, generated_images,
+                                       layer_moments, load_pool, new_student, prune_layer, select_filters)
+from closedloop.model.models import load_model, save_model
+
+TINY = dict(filters=8, images_n=40, steps=3, prune_steps=1, final_steps=2, batch=8, prune_images=12,
+            calibration_images=12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast, and much faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pool() -> np.ndarray:
+    return generated_images(24, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory, pool) -> Path:
+    path = tmp_path_factory.mktemp("pool") / "pool.npz"
+    np.savez(path, images=pool)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_model(new_student((10, 12, 12, 10, 8), seed=3), path)
+    return path
+
+
+def _onnx_file(path: Path, image_input: bool) -> Path:
+    """An ONNX model: (B, 112, 112, 3) pixels -> (B, 2) (conv, ReLU, mean, dense), or a 2-D input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if image_input:
+        nodes = [helper.make_node("Transpose", ["images"], ["nchw"], perm=[0, 3, 1, 2]),
+                 helper.make_node("Conv", ["nchw", "w", "b"], ["conv"], kernel_shape=[5, 5], strides=[4, 4]),
+                 helper.make_node("Relu", ["conv"], ["relu"]),
+                 helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
+                 helper.make_node("Flatten", ["pooled"], ["flat"]),
+                 helper.make_node("Gemm", ["flat", "dense", "bias"], ["out"])]
+        weights = [numpy_helper.from_array(rng.normal(0, 0.02, (16, 3, 5, 5)).astype(np.float32), "w"),
+                   numpy_helper.from_array(rng.normal(0, 1, 16).astype(np.float32), "b"),
+                   numpy_helper.from_array(rng.normal(0, 1, (16, 2)).astype(np.float32), "dense"),
+                   numpy_helper.from_array(np.zeros(2, np.float32), "bias")]
+        x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 112, 112, 3])
+    else:
+        nodes = [helper.make_node("Gemm", ["x", "dense", "bias"], ["out"])]
+        weights = [numpy_helper.from_array(np.ones((10, 2), np.float32), "dense"),
+                   numpy_helper.from_array(np.zeros(2, np.float32), "bias")]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], weights),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _cli(*args) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["compress", *map(str, args)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _error_line(code: int, stdout: str, stderr: str) -> str:
+    assert code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("closedloop: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------ the criterion --
+def test_greedy_selection_keeps_the_smallest_explaining_set():
+    rng = np.random.default_rng(0)
+    sources = rng.normal(size=(20000, 4))
+    sources = (sources - sources.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(sources.T))).T  # white
+    # 10 filters: 4 independent, exact copies of them (filters 4-7), 2 dead: 8 units of variance
+    acts = np.concatenate([sources, sources, np.zeros((len(sources), 2))], axis=1)
+    kept, explained = select_filters(np.cov(acts.T), 0.9)
+    assert len(kept) == 4 and explained == pytest.approx(1.0)  # 3 filters explain only 6/8
+    assert sorted(k % 4 for k in kept) == [0, 1, 2, 3] and not {8, 9} & set(kept)
+    kept, explained = select_filters(np.cov(acts.T), 0.7)
+    assert len(kept) == 3 and explained == pytest.approx(0.75)
+    # a filter that is the sum of two others explains both: it is taken first
+    mixed = np.stack([sources[:, 0], sources[:, 1], sources[:, 0] + sources[:, 1], sources[:, 2]], axis=1)
+    kept, explained = select_filters(np.cov(mixed.T), 0.6)
+    assert kept == [2] and explained == pytest.approx(0.6)
+    assert select_filters(np.zeros((3, 3)), 0.9) == ([0], 1.0)  # nothing varies: one filter stays
+
+
+def _duplicate(model: CompactModel, conv: str, bn: str, pairs: dict[int, int]) -> None:
+    with torch.no_grad():
+        for copy, original in pairs.items():
+            model.layers[conv].weight[copy] = model.layers[conv].weight[original]
+            model.layers[conv].bias[copy] = model.layers[conv].bias[original]
+            for t in (model.layers[bn].weight, model.layers[bn].bias,
+                      model.layers[bn].running_mean, model.layers[bn].running_var):
+                t[copy] = t[original]
+
+
+def test_pruning_drops_duplicated_filters_and_keeps_outputs(pool):
+    model = new_student((6, 5, 4, 4, 6), seed=0)
+    _duplicate(model, "layer4_conv_point", "layer4_bn", {3: 0, 4: 1})
+    _duplicate(model, "layer1_conv_point", "layer1_bn", {4: 2})
+    with torch.no_grad():
+        model.layers["layer2_bn"].bias[1] = -1e3  # filter 1 of layer 2 is dead (always 0 after ReLU)
+    before, params = model.predict(pool), count_parameters(model)
+
+    mean, cov = layer_moments(model, pool, 4)
+    kept, explained = select_filters(cov, 1.0)
+    assert not ({0, 3} <= set(kept) or {1, 4} <= set(kept))  # one of each duplicated pair goes
+    prune_layer(model, 4, kept, mean, cov)  # the readout absorbs the removed copies exactly
+    assert model.nums_filters[4] == len(kept) <= 4
+    assert np.abs(model.predict(pool) - before).max() < 1e-4 * before.std()
+
+    mean, cov = layer_moments(model, pool, 2)
+    kept, _ = select_filters(cov, 1.0)
+    assert 1 not in kept
+    prune_layer(model, 2, kept, mean, cov)  # a dead filter contributes nothing
+    assert np.abs(model.predict(pool) - before).max() < 1e-4 * before.std()
+
+    _, cov = layer_moments(model, pool, 1)
+    kept, _ = select_filters(cov, 1.0)
+    assert not {2, 4} <= set(kept)
+    prune_layer(model, 1, kept)
+    assert model.nums_filters[1] == len(kept) and count_parameters(model) < params
+    assert model.predict(pool[:3]).shape == (3,)
+
+
+# ------------------------------------------------------------------------- a tiny run --
+def test_compress_prunes_retrains_and_saves_a_loadable_student(tmp_path, pool, teacher_file):
+    out = tmp_path / "student.pt"
+    lines = []
+    result = compress_file(teacher_file, pool, out, CompressConfig(**TINY), log=lines.append)
+    teacher = load_model(teacher_file)
+    assert result.teacher_parameters == count_parameters(teacher.torch_module()) > 0
+    assert result.filters_before == (8,) * 5
+    assert all(a <= b for a, b in zip(result.filters_after, result.filters_before))
+    assert result.filters_after != result.filters_before
+    assert [p.layer for p in result.layers] == [4, 3, 2, 1, 0]  # last layer first
+    assert all(p.explained >= 0.9 for p in result.layers)
+    assert result.parameters_after < result.parameters_before == count_parameters(new_student(8))
+    assert result.parameters_after == count_parameters(result.student)
+    assert result.ratio == pytest.approx(result.teacher_parameters / result.parameters_after)
+    assert np.isfinite([result.r_before, result.r_after, result.r2_after]).all()
+    assert result.heldout_images == 4 and result.train_images == 40
+    report = result.report()
+    for text in ("teacher parameters", "compression ratio", "filters per layer, after", "held-out r"):
+        assert text in report
+    assert any("layer 0:" in line for line in lines)
+
+    student = load_model(out)  # closedloop's own format, read back as an image model
+    assert student.outputs == 1
+    predicted = student.predict(pool[:5])
+    assert predicted.shape == (5, 1)
+    np.testing.assert_allclose(predicted[:, 0], result.student.predict(pool[:5]), rtol=1e-5, atol=1e-6)
+    meta = torch.load(out, weights_only=True)["metadata"]
+    assert meta["filters_after"] == list(result.filters_after) and meta["teacher"] == str(teacher_file)
+
+
+def test_cli_onnx_teacher_second_output(tmp_path, pool_file):
+    teacher = _onnx_file(tmp_path / "teacher.onnx", image_input=True)
+    out = tmp_path / "student.pt"
+    code, stdout, stderr = _cli("--teacher", teacher, "--images", pool_file, "--output", 1, "--out", out,
+                                "--filters", 6, "--images-n", 30, "--steps", 2, "--prune-steps", 1,
+                                "--final-steps", 1, "--batch", 6)
+    assert code == 0, stderr
+    assert re.search(r"teacher parameters +1,250\n", stdout)  # 16*3*5*5 + 16 + 16*2 + 2
+    assert "compression ratio" in stdout and f"student written to {out}" in stdout
+    assert load_model(out).predict(np.zeros((2, 112, 112, 3), np.uint8)).shape == (2, 1)
+
+
+# ------------------------------------------------------------------------- bad input --
+def test_teacher_that_does_not_take_images_is_named(tmp_path, pool_file, pool):
+    teacher = _onnx_file(tmp_path / "vector.onnx", image_input=False)
+    line = _error_line(*_cli("--teacher", teacher, "--images", pool_file, "--out", tmp_path / "s.pt"))
+    assert str(teacher) in line and "not an image model" in line and "'batch', 10" in line
+    with pytest.raises(ClosedLoopError, match="vector.onnx: not an image model"):
+        compress_file(teacher, pool, tmp_path / "s.pt", CompressConfig(**TINY))
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_teacher_output_out_of_range_is_named(tmp_path, pool_file, teacher_file):
+    line = _error_line(*_cli("--teacher", teacher_file, "--images", pool_file, "--output", 3,
+                             "--out", tmp_path / "s.pt"))
+    assert str(teacher_file) in line and "output 3" in line and "1 output" in line
+
+
+def test_empty_pools_are_named(tmp_path, teacher_file):
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    (empty_dir / "notes.txt").write_text("no images here")
+    line = _error_line(*_cli("--teacher", teacher_file, "--images", empty_dir))
+    assert str(empty_dir) in line and "empty pool" in line
+    empty_npz = tmp_path / "empty.npz"
+    np.savez(empty_npz, images=np.zeros((0, 112, 112, 3), np.uint8))
+    line = _error_line(*_cli("--teacher", teacher_file, "--images", empty_npz))
+    assert str(empty_npz) in line and "empty pool (0 images)" in line
+    with pytest.raises(ClosedLoopError, match=r"images\.npz: no 'images' array \(arrays: pictures\)"):
+        np.savez(tmp_path / "images.npz", pictures=np.zeros(3))
+        load_pool(tmp_path / "images.npz")
+    small = tmp_path / "small.npz"
+    np.savez(small, images=np.zeros((3, 112, 112, 3), np.uint8))
+    line = _error_line(*_cli("--teacher", teacher_file, "--images", small))
+    assert str(small) in line and "3 images" in line and "at least 10" in line
+    line = _error_line(*_cli("--teacher", teacher_file))
+    assert "--images POOL" in line
