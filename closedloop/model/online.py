@@ -60,6 +60,10 @@ class OnlineEnsemble:
         Architecture and training settings.
     seed : int
         Seed for initialisation, bootstrap weights and minibatches.
+    background : bool
+        Retrain the cores in a background thread (the live loop). Without it
+        the cores are retrained only by :meth:`sync`, in the calling thread,
+        so offline fits and tests are exactly reproducible.
 
     Raises
     ------
@@ -67,7 +71,8 @@ class OnlineEnsemble:
         When ``spec.warm_start`` is unreadable or another architecture.
     """
 
-    def __init__(self, images: np.ndarray, neurons: int, spec: ModelSpec, seed: int = 0):
+    def __init__(self, images: np.ndarray, neurons: int, spec: ModelSpec, seed: int = 0,
+                 background: bool = True):
         self.spec = spec
         self._rng = np.random.default_rng(seed)
         self._core_rng = np.random.default_rng(seed + 1)  # used only by the retraining thread
@@ -87,7 +92,9 @@ class OnlineEnsemble:
         self._retrained = threading.Event()
         self.trained_on = 0  # responses the current cores were trained on
         self._thread = threading.Thread(target=self._retrain_cores, name="core-retrain", daemon=True)
-        self._thread.start()
+        self._background = background
+        if background:
+            self._thread.start()
         self.core_version = 0
 
     @property
@@ -122,11 +129,21 @@ class OnlineEnsemble:
             self._optimizer.step()
 
     def sync(self, timeout: float = 300.0) -> None:
-        """Wait until the cores are retrained on every response so far, and swap them in.
+        """Bring the cores up to date with every response so far, and swap them in.
 
-        The live loop never calls this (it takes retrained cores when they are
-        ready); offline fitting and tests use it to be deterministic.
+        Without a background thread the retraining runs here; with one, this
+        waits for it. The live loop never calls this (it takes retrained cores
+        when they are ready); offline fitting and tests do.
         """
+        if not self._background:
+            with self._lock:
+                data = self._training_arrays()
+                model = copy.deepcopy(self.model)
+            if len(data[0]) > self.trained_on:
+                with self._lock:
+                    self._ready = (*self._retrain(model, *data), len(data[0]))
+            self.update()
+            return
         with self._lock:
             target = len(self._index)
         deadline = time.monotonic() + timeout
@@ -157,7 +174,8 @@ class OnlineEnsemble:
         """Stop the background core retraining."""
         self._stop.set()
         self._new_data.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     # ------------------------------------------------------------ internals --
     def _readout_optimizer(self) -> torch.optim.Optimizer:
@@ -172,6 +190,7 @@ class OnlineEnsemble:
                 torch.from_numpy(np.stack(self._boot)))
 
     def _retrain_cores(self) -> None:
+        """The background thread: retrain on every new batch of responses, hand the result over."""
         torch.set_num_threads(self.spec.threads)
         trained_on = 0
         while not self._stop.is_set():
@@ -181,22 +200,29 @@ class OnlineEnsemble:
                 if self._stop.is_set() or len(self._index) <= trained_on:
                     continue
                 model = copy.deepcopy(self.model)
-                index, counts, boot = self._training_arrays()
-            trained_on = len(index)
-            model.train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=self.spec.learning_rate)
-            for _ in range(self.spec.steps_per_update):
-                batch = self._core_rng.choice(len(index), min(len(index), self.spec.batch_size), replace=False)
-                loss = poisson_loss(model(self._x[index[batch]]), counts[batch], boot[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                if self._stop.is_set():
-                    return
-            features = _pool_features(model, self._x)
+                data = self._training_arrays()
+            trained_on = len(data[0])
+            retrained = self._retrain(model, *data)
+            if retrained is None:
+                return
             with self._lock:
-                self._ready = (model, features, trained_on)
+                self._ready = (*retrained, trained_on)
             self._retrained.set()
+
+    def _retrain(self, model: CompactEnsemble, index: np.ndarray, counts: torch.Tensor,
+                 boot: torch.Tensor) -> tuple[CompactEnsemble, torch.Tensor] | None:
+        """``steps_per_update`` minibatches on the cores; the model and its pool features (None if stopped)."""
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.spec.learning_rate)
+        for _ in range(self.spec.steps_per_update):
+            batch = self._core_rng.choice(len(index), min(len(index), self.spec.batch_size), replace=False)
+            loss = poisson_loss(model(self._x[index[batch]]), counts[batch], boot[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if self._stop.is_set():
+                return None
+        return model, _pool_features(model, self._x)
 
 
 def _pool_features(model: CompactEnsemble, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from closedloop.model.models import load_model
 from closedloop.model.online import OnlineEnsemble
 from closedloop.stimuli import generate_pool
 
-SPEC = ModelSpec(members=3, input_px=16, channels=(4, 4, 4, 4, 4), steps_per_update=60, batch_size=32)
+SPEC = ModelSpec(members=3, input_px=16, channels=(4, 4, 4, 4, 4), steps_per_update=100, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +31,27 @@ def test_learns_a_tuning_from_poisson_responses(pool):
     rates = _truth(pool)
     order = rng.permutation(len(pool))
     train, test = order[:120], order[120:]
-    ensemble = OnlineEnsemble(pool.images, 2, SPEC, seed=1)
+    ensemble = OnlineEnsemble(pool.images, 2, SPEC, seed=1, background=False)
     try:
-        for i in np.tile(train, 2):
-            ensemble.add(int(i), rng.poisson(rates[i]))
-        ensemble.sync()
+        for _ in range(3):  # three passes, the cores retrained after each
+            for i in train:
+                ensemble.add(int(i), rng.poisson(rates[i]))
+            ensemble.sync()
         for _ in range(20):
             ensemble.update()
         predicted = ensemble.predictions(test).mean(axis=0)  # (neurons, images)
         r = [np.corrcoef(predicted[k], rates[test, k])[0, 1] for k in range(2)]
-        assert min(r) > 0.6, r  # measured 0.78 and 0.90; untrained 0.12 and 0.21
+        assert min(r) > 0.6, r  # measured 0.76 and 0.80 (reproducibly: no background thread)
         members = ensemble.predictions(test)
         assert not np.allclose(members[0], members[1])  # members differ (init and bootstrap)
-        assert ensemble.trained_on == 2 * len(train)
+        assert ensemble.trained_on == 3 * len(train)
     finally:
         ensemble.close()
 
 
 def test_a_checkpoint_warm_starts_an_identical_ensemble(pool, tmp_path):
     rng = np.random.default_rng(1)
-    ensemble = OnlineEnsemble(pool.images, 2, SPEC, seed=2)
+    ensemble = OnlineEnsemble(pool.images, 2, SPEC, seed=2, background=False)
     try:
         for i in range(40):
             ensemble.add(i, rng.poisson(_truth(pool)[i]))
