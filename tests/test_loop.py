@@ -186,6 +186,8 @@ def test_the_ensemble_is_checkpointed_in_the_session(session):
     _, record = session
     folder = record.path / "checkpoints"
     assert (folder / "ensemble-000100.pt").is_file()  # every 100 responses trained on...
+    trained = record.accuracy[-1]["responses"]
+    assert len(list(folder.glob("ensemble-0*.pt"))) == trained // 100  # once per hundred, never again
     final = load_model(folder / "ensemble-final.pt")  # ...and at the end, as an ordinary model file
     assert final.output_shape == (5, 3)  # members x units
     assert final.predict(record.pool.images[:4]).shape == (4, 15)

@@ -227,10 +227,10 @@ def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 except queue.Empty:
                     break
             responses = [m for m in batch if m[0] == "response"]
+            before = learner.ensemble.n_responses  # trained-on responses (held-out ones never count)
             for _, pool_index, counts, heldout, _ in responses:
                 learner.add(pool_index, counts, heldout)
             if responses:
-                before = learner.ensemble.n_responses - len(responses)
                 outbox.put(("choice", learner.decide(responses[-1][4])))
                 if learner.stale:  # the choice did not need the model: learn after answering
                     learner.ensemble.update()
