@@ -29,8 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from closedloop.model.compress import (CompressConfig, accuracy, count_parameters, compress,
-                                       generated_images, load_pool)
+                                       generated_images, resize_images)
 from closedloop.model.models import load_model, save_model
+from closedloop.stimuli.load import load_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 TWIN = ROOT.parent / "shared" / "v4" / "compact_models" / "compact_model_190923_neuron10.pt"
@@ -130,7 +131,10 @@ def main() -> None:
     wall = time.monotonic()
     out = args.out or Path(tempfile.mkdtemp(prefix="closedloop-compression-"))
     out.mkdir(parents=True, exist_ok=True)
-    pool = load_pool(args.images) if args.images else generated_images(args.generate, args.seed)
+    if args.images:
+        pool = resize_images(load_pool(args.images)[0].images)
+    else:
+        pool = generated_images(args.generate, args.seed)
     print(f"pool: {len(pool)} images ({args.images or 'generated'}); torch threads {torch.get_num_threads()}")
     built = None
     teacher_path = args.teacher

@@ -20,7 +20,8 @@ import torch
 from closedloop.config import ModelSpec
 from closedloop.model.ensemble import to_model_input
 from closedloop.model.online import OnlineEnsemble
-from closedloop.select.strategies import make_strategy
+from closedloop.select.registry import make_strategy
+from closedloop.select.strategies import SelectionContext
 from closedloop.stimuli import generate_pool
 
 
@@ -53,7 +54,7 @@ def main() -> None:
         start = time.perf_counter()
         ensemble.add(int(rng.integers(len(images))), rng.poisson(2.4, args.neurons))
         ensemble.update()
-        strategy.choose(ensemble.predictions(), candidates, args.batch, rng)
+        strategy.choose(SelectionContext(candidates, predictions=ensemble.predictions()), args.batch, rng)
         times.append((time.perf_counter() - start) * 1000)
     core_versions = ensemble.core_version
     ensemble.close()
@@ -66,7 +67,8 @@ def main() -> None:
         start = time.perf_counter()
         with torch.no_grad():
             predictions = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
-        strategy.choose(predictions.permute(1, 2, 0).numpy(), candidates, args.batch, rng)
+        strategy.choose(SelectionContext(candidates, predictions=predictions.permute(1, 2, 0).numpy()),
+                        args.batch, rng)
         baseline.append((time.perf_counter() - start) * 1000)
 
     median, p99, base = np.median(times), np.percentile(times, 99), np.median(baseline)

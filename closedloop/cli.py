@@ -17,7 +17,7 @@ from rich.table import Table
 
 from closedloop.config import load_protocol, load_rig
 from closedloop.errors import ClosedLoopError
-from closedloop.select.strategies import make_strategy
+from closedloop.select.registry import make_strategy
 
 PROJECT = Path(__file__).resolve().parent.parent
 console = Console(stderr=True)  # progress and notes
@@ -60,6 +60,9 @@ def _progress_table(progress, title: str) -> Table:
     table.add_row("model cores trained", str(progress.core_version))
     table.add_row("held-out r (observed)", _fmt(progress.r_observed))
     table.add_row("held-out r (true rates)", _fmt(progress.r_true))
+    for key, value in (progress.strategy_state or {}).items():  # e.g. a hypothesis test's posterior
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) if isinstance(value, dict) else _fmt(value)
+        table.add_row(key.replace("_", " "), shown)
     return table
 
 
@@ -135,8 +138,9 @@ def _with_strategy(protocol, strategy: str | None):
     """The protocol with another selection strategy (validated)."""
     if strategy is None:
         return protocol
-    make_strategy(strategy)
-    selection = protocol.selection.model_copy(update={"strategy": strategy})
+    params = protocol.selection.params if strategy == protocol.selection.strategy else {}
+    make_strategy(strategy, params)
+    selection = protocol.selection.model_copy(update={"strategy": strategy, "params": params})
     return protocol.model_copy(update={"selection": selection})
 
 
@@ -147,12 +151,13 @@ def _with_strategy(protocol, strategy: str | None):
 def simulate(rig_path: Path, stimuli: Path) -> None:
     """Simulated acquisition: answer the marker stream with Poisson spikes over LSL."""
     from closedloop.simulate.rig import SpikeSimulator
+    from closedloop.record.session import ADDED
     from closedloop.stimuli import StimulusPool
 
     rig = load_rig(rig_path)
     if not rig.rig.simulated:
         raise ClosedLoopError(f"rig file {rig_path}: field 'rig.simulated': this rig is not simulated")
-    simulator = SpikeSimulator(rig, StimulusPool.load(stimuli))
+    simulator = SpikeSimulator(rig, StimulusPool.load(stimuli), added=stimuli.parent / ADDED)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     _stop_when_orphaned(stop)
@@ -213,21 +218,15 @@ def comparison_table(summaries: list[dict]) -> Table:
 
 
 def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 # ----------------------------------------------------------------- stimuli --
 @main.group()
 def stimuli() -> None:
     """Stimulus sets (TOML files in stimuli/)."""
-
-
-def _stimulus_set_path(name: Path) -> Path:
-    """SET as given, or a bare name such as ``demo`` for the project's ``stimuli/demo.toml``."""
-    shipped = PROJECT / "stimuli" / f"{name}.toml"
-    if not name.exists() and name.suffix == "" and len(name.parts) == 1 and shipped.exists():
-        return shipped
-    return name
 
 
 @stimuli.command("show")
@@ -242,8 +241,9 @@ def _stimulus_set_path(name: Path) -> Path:
 def stimuli_show(set_path: Path, out: Path, size: int, columns: int, limit: int | None, background: float) -> None:
     """Render the stimulus set SET and write a captioned gallery of it to a PNG file."""
     from closedloop.stimuli import load_stimulus_set
+    from closedloop.stimuli.load import shipped_set
 
-    stimulus_set = load_stimulus_set(_stimulus_set_path(set_path))
+    stimulus_set = load_stimulus_set(shipped_set(set_path))
     pool = stimulus_set.render(size, background)
     shown = len(pool) if limit is None else min(limit, len(pool))
     sheet = pool.gallery(columns, shown, title=f"{stimulus_set.info.name}: {len(pool)} stimuli, {size} px")
@@ -292,15 +292,16 @@ def compress_command(teacher_path: Path, pool_path: Path | None, generate: int, 
     """Distil a teacher into a compact CNN, prune it filter by filter, retrain; print the figures."""
     import numpy as np
 
-    from closedloop.model.compress import CompressConfig, compress_file, generated_images, load_pool
+    from closedloop.model.compress import CompressConfig, compress_file, generated_images, resize_images
+    from closedloop.stimuli.load import load_pool, shipped_set
 
     if pool_path is None and not generate:
         raise ClosedLoopError("compress: give an image pool (--images POOL) or --generate N")
     parts, names = [], []
     if pool_path is not None:
-        pool_path = _stimulus_set_path(pool_path)
-        parts.append(load_pool(pool_path))
-        names.append(str(pool_path))
+        pool, _ = load_pool(pool_path)
+        parts.append(resize_images(pool.images))  # a saved pool keeps its own size
+        names.append(str(shipped_set(pool_path)))
     if generate:
         parts.append(generated_images(generate, seed))
         names.append(f"{generate} generated")
@@ -338,7 +339,318 @@ def inspect_model_command(model: Path, out: Path, pool_path: Path | None, output
     """
     from closedloop.model.inspect import inspect_model
 
-    pool = None if pool_path is None else _stimulus_set_path(pool_path)
-    result = inspect_model(model, out, pool=pool, output=output, steps=steps, seed=seed,
+    result = inspect_model(model, out, pool=pool_path, output=output, steps=steps, seed=seed,
                            progress=lambda message: console.print(f"{message} ..."))
     click.echo(result.summary())
+
+
+# ------------------------------------------------------------------- bench --
+@main.group()
+def bench() -> None:
+    """Benchmarks on digital twins: they print figures (medians and ratios), nothing is asserted."""
+
+
+def _strategy_list(value: str) -> dict[str, dict]:
+    """``name[:json params],name...`` -> {name: params}."""
+    import json
+
+    out = {}
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        name, _, params = item.partition(":")
+        try:
+            out[name.strip()] = json.loads(params) if params else {}
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"{item!r}: params are not JSON ({exc.msg})") from None
+    return out
+
+
+@bench.command("efficiency")
+@click.option("--twins", "twins_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of compact models (the published format) to use as digital twins.")
+@click.option("--pool", "pool_paths", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Candidate images: a stimulus set, a saved pool (.npz), or a folder or .zip of images "
+                   "(repeat to combine; duplicate images are dropped).")
+@click.option("--heldout", "heldout_path", required=True, type=click.Path(path_type=Path),
+              help="Held-out images the learner is scored on (never shown).")
+@click.option("--features", "features_dir", default=None, type=click.Path(path_type=Path),
+              help="Folder of compact models whose cores make the learner's features "
+                   "[default: models of the twin folder that are not evaluated].")
+@click.option("--limit", default=12, show_default=True, type=click.IntRange(1), help="Twins evaluated.")
+@click.option("--core-models", default=4, show_default=True, type=click.IntRange(1),
+              help="Models whose cores make the features.")
+@click.option("--heldout-limit", default=300, show_default=True, type=click.IntRange(3),
+              help="Held-out images used (the first N).")
+@click.option("--strategies", "strategy_text", default="disagreement;info_gain;max_response;adept;gaudy",
+              show_default=True, help="Strategies besides random, ';'-separated, each NAME or NAME:{json params}.")
+@click.option("--budget", default=400, show_default=True, type=click.IntRange(8), help="Trials per session.")
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="Images per decision.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Sessions per strategy.")
+@click.option("--target", default=None, type=float,
+              help="Held-out r to reach [default: the r random reaches at the full budget].")
+@click.option("--cache", default=None, type=click.Path(path_type=Path),
+              help="Folder to keep the twins' rates and the core features between runs.")
+@click.option("--json", "json_path", default=None, type=click.Path(path_type=Path), help="Also write the results.")
+def bench_efficiency(twins_dir: Path, pool_paths: tuple[Path, ...], heldout_path: Path, features_dir: Path | None, limit: int,
+                     core_models: int, heldout_limit: int, strategy_text: str, budget: int, batch: int, seeds: int,
+                     target: float | None, cache: Path | None, json_path: Path | None) -> None:
+    """Trials each strategy needs to reach a held-out accuracy target on digital twins, against random."""
+    from closedloop.benchmarks.efficiency import efficiency_from_paths
+
+    report = efficiency_from_paths(twins_dir, pool_paths, heldout_path, features_dir, limit, core_models,
+                                   heldout_limit, _strategy_list(strategy_text), budget, batch, seeds, target,
+                                   cache, log=lambda message: console.print(message))
+    click.echo(report.table())
+    if json_path is not None:
+        report.write_json(json_path)
+
+
+@bench.command("hypotheses")
+@click.option("--pool", "pool_path", default=None, type=click.Path(path_type=Path),
+              help="Stimuli both designs show (a stimulus set, saved pool or image folder) "
+                   "[default: the 366 standard shapes and 125 dots].")
+@click.option("--neurons", default=10, show_default=True, type=click.IntRange(1),
+              help="Synthetic neurons per hypothesis.")
+@click.option("--threshold", default=0.95, show_default=True, type=click.FloatRange(0.5, 1, max_open=True),
+              help="Posterior probability that decides.")
+@click.option("--budget", default=500, show_default=True, type=click.IntRange(1), help="Responses per test.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def bench_hypotheses(pool_path: Path | None, neurons: int, threshold: float, budget: int, seed: int) -> None:
+    """Decision accuracy and trials to decision of the adaptive hypothesis test against a fixed design
+    (every stimulus of the pool in random order)."""
+    from closedloop.benchmarks.hypotheses import format_hypothesis_bench, run_hypothesis_bench
+    from closedloop.stimuli.load import load_pool
+
+    pool = None if pool_path is None else load_pool(pool_path, 32)[0]
+    result = run_hypothesis_bench(pool, neurons, threshold, budget, seed=seed,
+                                  progress=lambda run: console.print(
+                                      f"{run.design} test of a {run.truth} neuron: {run.decided or 'undecided'} "
+                                      f"after {run.trials} responses"))
+    click.echo(format_hypothesis_bench(result))
+
+
+# ------------------------------------------------------------------ replay --
+# (owned by the replay helper: `closedloop replay`, `closedloop republish`, `closedloop convert`)
+@main.command("replay")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--strategy", default=None,
+              help="Also ask this strategy at every decision, and score both choices with a digital twin.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for replay.json and decisions.jsonl.  [default: replays/SOURCE-NAME]")
+@click.option("--seed", type=int, default=None, help="Seed of the model and strategy streams.  "
+              "[default: the session's, which reproduces its decisions]")
+@click.option("--protocol", "protocol_path", type=click.Path(path_type=Path), default=None,
+              help="A recording made elsewhere: the protocol (window, model, selection) to replay it with.")
+@click.option("--pool", "pool_path", type=click.Path(path_type=Path), default=None,
+              help="A recording made elsewhere: the pool (.npz or a session directory) its stimulus ids name.")
+@click.option("--events", default=None, help="neo files: the event or epoch channel with the onsets.")
+@click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
+              help="neo files: a stimulus log (.jsonl or .csv) on the recording's clock instead.")
+@click.option("--every", type=click.IntRange(1), default=None,
+              help="Fast mode: a decision every N responses instead of the session's own batches "
+                   "(decisions are not reproduced).  [default for recordings without decisions: the "
+                   "protocol's selection.batch]")
+@click.option("--retrain-every", default=50, show_default=True, type=click.IntRange(1),
+              help="Fast mode: responses between retrained cores.")
+@click.option("--accuracy-every", default=10, show_default=True, type=click.IntRange(1),
+              help="Fast mode: responses between accuracy reports (each refits the readouts, as live).")
+@click.option("--twin-epochs", default=20, show_default=True, type=click.IntRange(1),
+              help="Passes over the responses when fitting the digital twin.")
+def replay_command(source: Path, strategy: str | None, out: Path | None, seed: int | None,
+                   protocol_path: Path | None, pool_path: Path | None, events: str | None, log_path: Path | None,
+                   every: int | None, retrain_every: int, accuracy_every: int, twin_epochs: int) -> None:
+    """Replay SOURCE through the live alignment, model and strategy, as fast as the machine allows.
+
+    SOURCE is a session directory (its decisions are made again and checked against the log),
+    a closedloop NWB export, or any recording `closedloop responses` reads. Writes replay.json
+    and decisions.jsonl and prints a short table.
+    """
+    from closedloop.replay.session_replay import Cadence, replay
+    from closedloop.replay.sources import open_source
+
+    options = {k: v for k, v in (("events", events), ("log", log_path)) if v is not None}
+    opened = open_source(source, protocol_path, pool_path, **options)
+    if every is None and not opened.selections:
+        every = opened.protocol.selection.batch
+    cadence = Cadence(every, retrain_every, accuracy_every) if every is not None else None
+    out = out or Path("replays") / source.stem
+    with console.status(f"replaying {source} ..."):
+        report = replay(opened, out, strategy, seed, cadence, twin_epochs)
+    for table in replay_tables(report):
+        results.print(table)
+    for note in report["notes"]:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"replay report in {out / 'replay.json'}, decisions in {out / 'decisions.jsonl'}")
+
+
+def replay_tables(report: dict) -> list[Table]:
+    """What a replay found (decisions reproduced, accuracy, speed) and, with an alternative
+    strategy, the twin's predicted responses to both choices per unit."""
+    import numpy as np
+
+    table = Table(title=f"replay of {report['source']}", show_header=False, box=None)
+    if report["pacing"] == "recorded":
+        accuracy = report["accuracy_reports"]
+        table.add_row("decisions reproduced", f"{report['reproduced']} of {report['logged_decisions']} logged"
+                      + (f" (first divergence: decision {report['first_divergence']})"
+                         if report["first_divergence"] is not None else ""))
+        table.add_row("accuracy reports equal", f"{accuracy['equal']} of {accuracy['compared']} compared")
+    else:
+        pacing = report["pacing"]
+        table.add_row("pacing", f"a decision every {pacing['every']} responses, cores every "
+                                f"{pacing['retrain_every']}, accuracy every {pacing['accuracy_every']} "
+                                "(decisions not reproduced)")
+    table.add_row("responses", f"{report['responses']} ({report['trained_on']} trained on), "
+                               f"{report['decisions']} decisions")
+    r = [v for v in (report["accuracy"] or {}).get("r_observed") or [] if v is not None]
+    table.add_row("held-out r (observed)", ", ".join(_fmt(v) for v in r) if len(r) <= 8 else
+                  f"median {np.median(r):.2f} over {len(r)} units ({min(r):.2f} to {max(r):.2f})")
+    seconds = report["seconds"]
+    table.add_row("speed", f"{_fmt(report['speed'])}x real time ({report['session_s']:.0f} s replayed in "
+                           f"{seconds['total']:.1f} s: alignment {seconds['alignment']:.1f}, model "
+                           f"{seconds['model']:.1f} of which core retraining {seconds['retrain']:.1f}, "
+                           f"selection {seconds['selection']:.1f})")
+    alternative = report.get("alternative")
+    if not alternative or not alternative["decisions"]:
+        return [table]
+    twin = alternative["twin"]
+    table.add_row("alternative", f"{alternative['strategy']} at {alternative['decisions']} decisions: overlap "
+                                 f"{alternative['overlap']:.2f}, the twin predicts more spikes for it at "
+                                 f"{alternative['alternative_higher']:.0%} of them")
+    table.add_row("digital twin", f"trained on {twin['trained_on']} responses ({twin['epochs']} epochs), "
+                                  f"tested on {twin['heldout']['images']} held-out images")
+    units = Table(title="twin's predicted spikes per presentation, mean over decisions")
+    for column in ("unit", f"online ({report['strategy']})", alternative["strategy"], "twin held-out r"):
+        units.add_column(column, justify="left" if column == "unit" else "right")
+    for name, mine, theirs, r in zip(report["units"], alternative["online_per_unit"],
+                                     alternative["alternative_per_unit"], twin["heldout"]["r"]):
+        units.add_row(name, _fmt(mine), _fmt(theirs), _fmt(r))
+    return [table, units]
+
+
+@main.command("republish")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Multiple of real time.")
+@click.option("--spikes", "spikes_name", default="closedloop-spikes", show_default=True,
+              help="Name of the spike outlet (type Spikes; the rig file's [spikes] name to feed a live session).")
+@click.option("--markers", "markers_name", default="closedloop-markers", show_default=True,
+              help="Name of the marker outlet (type Markers).")
+@click.option("--wait", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for a consumer on both outlets (LabRecorder, a live inlet) before starting.")
+@click.option("--events", default=None, help="neo files: the event or epoch channel with the onsets.")
+@click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
+              help="neo files: a stimulus log (.jsonl or .csv) on the recording's clock instead.")
+def republish_command(source: Path, speed: float, spikes_name: str, markers_name: str, wait: float,
+                      events: str | None, log_path: Path | None) -> None:
+    """Send SOURCE's spikes and stimulus markers as LSL streams, in real time (or --speed times faster).
+
+    SOURCE is a session directory, a closedloop NWB export or any recording `closedloop responses`
+    reads. Spikes go out in the live spike stream's format, markers as closedloop's JSON markers,
+    stamped on this machine's clock as if the recording were happening now.
+    """
+    from closedloop.config import StreamSpec
+    from closedloop.replay.republish import republish
+    from closedloop.replay.sources import open_recording
+
+    options = {k: v for k, v in (("events", events), ("log", log_path)) if v is not None}
+    recording = open_recording(source, **options)
+    spikes, markers = StreamSpec(name=spikes_name, type="Spikes"), StreamSpec(name=markers_name, type="Markers")
+    times = [*recording.spikes["time"][[0, -1]], *(p["onset"] for p in recording.presentations)] \
+        if len(recording.spikes) else [p["onset"] for p in recording.presentations]
+    console.print(f"republishing {len(recording.spikes)} spikes of {len(recording.units)} units and "
+                  f"{len(recording.presentations)} presentations on LSL streams {spikes_name!r} and "
+                  f"{markers_name!r}: {(max(times) - min(times)) / speed:.1f} s at {speed:g}x", markup=False)
+    stop = threading.Event()
+    try:
+        published = republish(recording, spikes, markers, speed, wait, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+        raise click.Abort() from None
+    click.echo(f"sent {published.spikes} spikes and {published.markers} markers; recording time t went out "
+               f"stamped {published.start:.6f} + (t - {published.first:.6f}) / {speed:g} s (LSL clock)")
+
+
+@main.group("convert")
+def convert() -> None:
+    """Recordings made elsewhere, written as closedloop session directories."""
+
+
+@convert.command("v4")
+@click.option("--session", default="210325", show_default=True,
+              help="Session of the shared V4 data (210325 has single-trial counts).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="The shared V4 folder.  [default: $CLOSEDLOOP_SHARED_V4, else ../shared/v4 beside the project]")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Session directory to create.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the presentation order, the spike times and the held-out images.")
+@click.option("--images", default=None, type=click.IntRange(1), help="Only the first N images.")
+def convert_v4_command(session: str, data: Path | None, out: Path, seed: int, images: int | None) -> None:
+    """Write a real V4 session's single-trial counts as a session directory (to replay, export, report).
+
+    Each (image, repeat) is one presentation, in a seeded random order at a fixed timing; a count
+    of k spikes becomes k spike times drawn uniformly in the 50-150 ms response window (the real
+    spike times are unknown). See closedloop/replay/convert.py.
+    """
+    from closedloop.replay.convert import convert_v4
+
+    data = data or Path(os.environ.get("CLOSEDLOOP_SHARED_V4", PROJECT.parent / "shared" / "v4"))
+    summary = convert_v4(data, session, out, seed, images)
+    click.echo(f"{summary['presentations']} presentations of {len(summary['units'])} neurons "
+               f"({summary['spikes']} spikes, {summary['duration_s']:.0f} s) written to {out}")
+
+
+# ------------------------------------------------------------------ design --
+# (owned by the report helper: `closedloop design`)
+@main.command("design")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="Model: a published compact .pt, an .onnx, a TorchScript file, a closedloop model or "
+                   "ensemble checkpoint (e.g. a session's checkpoints/ensemble-final.pt).")
+@click.option("--pool", "pool_path", required=True, type=click.Path(path_type=Path),
+              help="Candidates: a stimulus set (.toml, or a shipped set's name such as demo), a saved pool "
+                   "(.npz), or a folder or .zip of images.")
+@click.option("-n", "n", required=True, type=click.IntRange(1), help="Stimuli in the designed set.")
+@click.option("--strategy", required=True, help="Selection strategy that chooses them (e.g. disagreement).")
+@click.option("--params", "params_texts", multiple=True,
+              help="Strategy settings: a JSON object or key=value (value read as JSON, else text); repeatable.")
+@click.option("--control-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of control images mixed in.")
+@click.option("--control", default="random", show_default=True, type=click.Choice(["random", "gaudy"]),
+              help="Controls: random pool images, or gaudy versions of them.")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(1), help="Images per decision.")
+@click.option("--size", "size_px", default=112, show_default=True, type=click.IntRange(4, 2048),
+              help="Side (pixels) at which sets and image files are rendered.")
+@click.option("--background", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Background grey, 0-1.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("design"), show_default=True,
+              help="Folder to write: set.toml, images/, gallery.png, provenance.json.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the strategy and the controls.")
+def design_command(model_path: Path, pool_path: Path, n: int, strategy: str, params_texts: tuple[str, ...],
+                   control_fraction: float, control: str, batch: int, size_px: int, background: float,
+                   out: Path, seed: int) -> None:
+    """Let a strategy choose -n images of the --pool with the --model, mix in controls, and write them
+    as the next session's stimulus set (with a gallery and a provenance file)."""
+    from closedloop.design import GALLERY, PROVENANCE, SET_FILE, parse_params, run_design
+
+    result, rendered = run_design(model_path, pool_path, n, strategy, parse_params(params_texts), out,
+                                  control_fraction, control, batch, seed, size_px, background)
+    chosen = sum(s.role == "chosen" for s in result.stimuli)
+    click.echo(f"{len(rendered)} stimuli ({chosen} chosen by {strategy}, {len(rendered) - chosen} {control} "
+               f"controls): set {out / SET_FILE}, gallery {out / GALLERY}, provenance {out / PROVENANCE}")
+
+
+# ------------------------------------------------------------------ report --
+# (owned by the report helper: `closedloop report`)
+@main.command("report")
+@click.argument("sessions", metavar="SESSION...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write.  [default: report.html in the first SESSION]")
+def report_command(sessions: tuple[Path, ...], out: Path | None) -> None:
+    """Write one self-contained HTML report of SESSION (several: accuracy curves overlaid).
+
+    Summary, raster and PSTH per unit, the response matrix, model accuracy, the chosen images,
+    hypothesis posteriors and timing; a partial session (killed before its summary) is reported
+    as far as it goes.
+    """
+    from closedloop.report import write_report
+
+    click.echo(f"report written to {write_report(list(sessions), out)}")

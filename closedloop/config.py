@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from closedloop.errors import ClosedLoopError
-from closedloop.select.strategies import make_strategy
 
 
 class _Strict(BaseModel):
@@ -287,6 +286,7 @@ class SelectionSpec(_Strict):
     """How the next images are chosen."""
 
     strategy: str = "disagreement"
+    params: dict[str, Any] = Field({}, description="the strategy's settings, checked by the strategy")
     warmup: Annotated[int, Field(ge=0, description="responses before the model chooses")] = 30
     batch: Annotated[int, Field(ge=1, description="images per decision")] = 4
     control_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -295,8 +295,10 @@ class SelectionSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_strategy(self) -> SelectionSpec:
+        from closedloop.select.registry import make_strategy  # strategies may import stimuli
+
         try:
-            make_strategy(self.strategy)
+            make_strategy(self.strategy, self.params)
         except ClosedLoopError as exc:  # pydantic reports ValueErrors with the field's name
             raise ValueError(str(exc)) from None
         return self

@@ -36,6 +36,8 @@ from closedloop.present.geometry import Layout
 from closedloop.present.markers import MarkerOutlet
 from closedloop.present.trials import Item, TrialOutcome, run_trial
 from closedloop.record import SessionWriter, read_session
+from closedloop.record.session import ADDED
+from closedloop.select.registry import make_strategy
 from closedloop.stimuli import StimulusPool, generate_pool, load_stimulus_set
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class Progress:
         "completed": 0, "fixation_break": 0, "no_fixation": 0})
     turnaround_ms: list[float] = field(default_factory=list)
     final_accuracy: dict = field(default_factory=dict)
+    strategy_state: dict | None = None  # the strategy's latest (e.g. a hypothesis test's posterior)
+    finished: bool = False  # the strategy has finished (e.g. its test decided): the session ends
 
 
 def session_units(rig: Rig) -> list[UnitSpec]:
@@ -181,6 +185,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         writer = SessionWriter(session_dir, to_jsonable(protocol), {**to_jsonable(rig), "recorded_units":
                                [u.model_dump() for u in units]}, pool)
     candidates, heldout = split_pool(len(pool), protocol.heldout.images, p.seed)
+    make_strategy(protocol.selection.strategy, protocol.selection.params).check([u.name for u in units], pool)
     stimuli_path = session_dir / "stimuli.npz"
     progress = Progress(total=p.presentations, presented=next_index)
     summary: dict = {"status": "aborted", "session": str(session_dir)}
@@ -196,13 +201,14 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         gaze_info = resolve_stream(rig.gaze, rig.resolve_timeout) if rig.gaze else None
 
         worker = ModelWorker(WorkerConfig(
-            pool_path=stimuli_path, units=len(units), model=protocol.model, selection=protocol.selection,
-            candidates=tuple(candidates.tolist()), heldout=tuple(heldout.tolist()), seed=p.seed,
-            truth=rig.simulation if rig.rig.simulated else None, checkpoints=session_dir / "checkpoints"))
+            pool_path=stimuli_path, units=tuple(u.name for u in units), model=protocol.model,
+            selection=protocol.selection, candidates=tuple(candidates.tolist()), heldout=tuple(heldout.tolist()),
+            seed=p.seed, truth=rig.simulation if rig.rig.simulated else None,
+            checkpoints=session_dir / "checkpoints", added=session_dir / ADDED))
         model_info = worker.start()
         if resume:  # what the animal already showed us
             for r in record.responses:
-                if not r.get("gap"):
+                if not (r.get("gap") or r.get("aborted")):  # as live: cut windows are never trained on
                     worker.send_response(r["pool_index"], np.array(r["counts"]), r["role"] == "heldout",
                                          pylsl.local_clock())
 
@@ -260,7 +266,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             """The trial's images, chosen once fixation is acquired."""
             items = []
             for i in range(next_index, min(next_index + protocol.trial.images, p.presentations)):
-                _handle_worker(worker.messages(), schedule, writer, progress)
+                _handle_worker(worker.messages(), schedule, writer, progress, pool)
                 role, index = schedule.next(i)
                 if role == "fallback":
                     progress.deadline_misses += 1
@@ -285,8 +291,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             if on_progress:
                 on_progress(progress)
 
-        while next_index < p.presentations:
-            _handle_worker(worker.messages(), schedule, writer, progress)
+        while next_index < p.presentations and not progress.finished:
+            _handle_worker(worker.messages(), schedule, writer, progress, pool)
             if inlet.error is not None:
                 raise ClosedLoopError(f"spike stream {inlet.name!r}: {inlet.error}")
             for stream, name in ((photodiode, "photodiode"), (gaze, "gaze")):
@@ -303,7 +309,7 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
 
         _drain(aligner, protocol, rig)
         final = worker.stop()
-        _handle_worker(final, schedule, writer, progress)
+        _handle_worker(final, schedule, writer, progress, pool)
         inlet.stop()  # nothing arrives after this, so the summary matches the disk
         inlet_stopped = True
         if photodiode is not None:
@@ -315,6 +321,9 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         summary["clock"] = _clock_summary(rig, clock, progress)
         if photodiode is not None:
             summary["photodiode"] = _photodiode_summary(read_session(session_dir).responses)
+        states = [s["state"] for s in read_session(session_dir).selections if "state" in s]
+        summary["figures"] = [f.name for f in make_strategy(protocol.selection.strategy, protocol.selection.params)
+                              .results(states, session_dir)]
         if on_progress:
             on_progress(progress)
         return summary
@@ -390,13 +399,25 @@ def _record_trial(outcome: TrialOutcome, schedule: _Schedule, writer: SessionWri
                  len(again))
 
 
-def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progress: Progress) -> None:
+def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progress: Progress,
+                   pool: StimulusPool) -> None:
     for kind, payload in messages:
         if kind == "choice":
+            if "added" in payload:  # synthesised stimuli (the worker saved them): the pool grows in step
+                added = payload.pop("added")
+                index = pool.append(added["images"], added["families"], added["params"])
+                if index[0] != added["start"]:
+                    raise ClosedLoopError(f"model worker added stimuli at {added['start']}, the pool ends at {index[0]}")
+                payload["added"] = index.tolist()
             schedule.queue = deque(payload["chosen"])
             writer.log("selections", {"time": pylsl.local_clock(), **payload})
             progress.turnaround_ms.append(payload["turnaround_ms"])
             progress.core_version = payload["core_version"]
+            progress.strategy_state = payload.get("state", progress.strategy_state)
+            if payload.get("finished") and not progress.finished:
+                progress.finished = True
+                writer.log("events", {"kind": "strategy_finished", "responses": payload["responses"],
+                                      "time": pylsl.local_clock()})
         elif kind in ("accuracy", "stopped"):
             writer.log("accuracy", {"time": pylsl.local_clock(), **payload})
             progress.r_observed = _median(payload["r_observed"])
@@ -440,6 +461,8 @@ def _summary(protocol, rig, units, session_dir, progress, model_info, duration, 
         "accuracy_over_time": [
             {key: a.get(key) for key in ("responses", "r_observed", "r_true")} for a in record.accuracy
         ],
+        "strategy_finished": progress.finished,
+        "strategy_state": progress.strategy_state,
         "turnaround_ms": {"median": float(np.nanmedian(turnaround)),
                           "p99": float(np.nanpercentile(turnaround, 99))},
     }

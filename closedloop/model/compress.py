@@ -241,69 +241,16 @@ class CompressResult:
 
 
 # ------------------------------------------------------------------------------- images --
-def load_pool(path: str | Path, size_px: int = INPUT_PX) -> np.ndarray:
-    """The images of a pool file, (K, size_px, size_px, 3) uint8.
+def resize_images(images: np.ndarray, size_px: int = INPUT_PX) -> np.ndarray:
+    """(K, H, W, 3) uint8 images at (K, size_px, size_px, 3) uint8: area when shrinking, else bilinear.
 
-    Parameters
-    ----------
-    path : str or Path
-        A stimulus set (``.toml``), a stimulus pool or any ``.npz`` with an
-        ``images`` array (K, H, W, 3), or a folder or ``.zip`` of natural
-        images.
-    size_px : int
-        Image side; pools of another size are resized.
-
-    Raises
-    ------
-    ClosedLoopError
-        One line naming the file: missing, unreadable, of an unknown kind,
-        holding no images or images of the wrong shape.
+    Images already of that size are returned as they are; used for pools saved
+    at another size (:func:`closedloop.stimuli.load.load_pool` keeps their size).
     """
-    from closedloop.stimuli import load_stimulus_set
-    from closedloop.stimuli.natural import image_names, load_images
-
-    path = Path(path)
-    where = f"image pool {path}"
-    if not path.exists():
-        raise ClosedLoopError(f"{where}: not found")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        images = load_stimulus_set(path).render(size_px).images
-    elif suffix == ".npz":
-        images = _npz_images(path, where)
-    elif path.is_dir() or suffix == ".zip":
-        try:
-            names = image_names(path)
-        except ClosedLoopError as error:
-            if "no image files" in str(error):
-                raise ClosedLoopError(f"{where}: empty pool (no image files in it)") from None
-            raise
-        images = np.stack([image for _, image in load_images(path, size_px, names=names)])
-    else:
-        raise ClosedLoopError(f"{where}: not a stimulus set (.toml), a pool (.npz) or a folder/.zip of images")
-    if len(images) == 0:
-        raise ClosedLoopError(f"{where}: empty pool (0 images)")
-    if images.shape[1:3] != (size_px, size_px):
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
-        images = _resize(x, size_px).round().clamp(0, 255).to(torch.uint8).numpy()
-    return images
-
-
-def _npz_images(path: Path, where: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "images" not in data.files:
-                raise ClosedLoopError(f"{where}: no 'images' array (arrays: {', '.join(data.files) or 'none'})")
-            images = data["images"]
-    except ClosedLoopError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
-        raise ClosedLoopError(f"{where}: unreadable ({_one_line(error)})") from None
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ClosedLoopError(f"{where}: images have shape {images.shape}, expected (K, H, W, 3) RGB")
-    if images.dtype != np.uint8:
-        images = np.clip(np.rint(images.astype(np.float64)), 0, 255).astype(np.uint8)
-    return images
+    if images.shape[1:3] == (size_px, size_px):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
+    return _resize(x, size_px).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def generated_images(count: int, seed: int, size_px: int = INPUT_PX) -> np.ndarray:

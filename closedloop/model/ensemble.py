@@ -18,8 +18,12 @@ from torch.nn import functional as F
 
 def to_model_input(images: np.ndarray, input_px: int) -> torch.Tensor:
     """Turn (B, N, N, 3) uint8 images into (B, 3, input_px, input_px) floats in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    x = x / 127.5 - 1.0
+    return pixels_to_input(torch.from_numpy(np.ascontiguousarray(images)).float(), input_px)
+
+
+def pixels_to_input(pixels: torch.Tensor, input_px: int) -> torch.Tensor:
+    """:func:`to_model_input` for float pixels (B, N, N, 3), 0-255, differentiably."""
+    x = pixels.permute(0, 3, 1, 2) / 127.5 - 1.0
     if x.shape[-1] != input_px:
         x = F.interpolate(x, size=(input_px, input_px), mode="area")
     return x

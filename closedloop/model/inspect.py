@@ -46,9 +46,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from closedloop.errors import ClosedLoopError
+from closedloop.stimuli.load import SHIPPED, load_pool
 
-PROJECT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_POOL = PROJECT / "stimuli" / "demo.toml"
+DEFAULT_POOL = SHIPPED / "demo.toml"
 """The pool used when none is given: the project's demo stimulus set."""
 
 POOL_PX = 112
@@ -72,59 +72,6 @@ _COMPACT_KEYS = ("layers.layer0_conv.weight", "layers.layer0_bn.weight", "layers
 
 
 # ---------------------------------------------------------------------------- pools --
-def load_pool(path: str | Path | None = None, size: int = POOL_PX):
-    """The image pool to rank: a stimulus set, a saved pool, or a folder or zip of images.
-
-    Parameters
-    ----------
-    path : str or Path, optional
-        A stimulus set file (``.toml``, rendered at ``size``), a pool written by
-        :meth:`StimulusPool.save` (``.npz``), or a folder or ``.zip`` of image
-        files (centre-cropped and resized to ``size``). Default: the project's
-        ``stimuli/demo.toml``.
-    size : int
-        Image side for sets and natural images.
-
-    Returns
-    -------
-    (StimulusPool, str)
-        The pool and a short description of where it came from.
-
-    Raises
-    ------
-    ClosedLoopError
-        One line naming the file when it is missing, unreadable, of an unknown
-        kind, or holds no images.
-    """
-    from closedloop.stimuli import StimulusPool, load_stimulus_set
-    from closedloop.stimuli.natural import load_images
-
-    path = DEFAULT_POOL if path is None else Path(path)
-    if not path.exists():
-        raise ClosedLoopError(f"pool {path}: not found")
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix == ".zip":
-        names, images = [], []
-        for name, image in load_images(path, size):
-            names.append(name)
-            images.append(image)
-        pool = StimulusPool(np.stack(images), ["natural"] * len(names), [{"file": n} for n in names])
-        what = f"{path.name} ({len(pool)} images)"
-    elif suffix == ".toml":
-        stimulus_set = load_stimulus_set(path)
-        pool = stimulus_set.render(size)
-        what = f"{stimulus_set.info.name} ({len(pool)} stimuli)"
-    elif suffix == ".npz":
-        pool = StimulusPool.load(path)
-        what = f"{path.name} ({len(pool)} stimuli)"
-    else:
-        raise ClosedLoopError(f"pool {path}: unknown kind of file; give a stimulus set (.toml), "
-                              f"a saved pool (.npz), or a folder or .zip of images")
-    if len(pool) == 0:
-        raise ClosedLoopError(f"pool {path}: holds no images")
-    return pool, what
-
-
 def rank_pool(values: np.ndarray, count: int = SHOWN) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``count`` highest and the ``count`` lowest values.
 
@@ -483,7 +430,9 @@ def inspect_model(model, out: str | Path | None = None, pool=None, output: int =
     out : str or Path, optional
         PNG file to write; no figure when None.
     pool : str, Path or StimulusPool, optional
-        The pool to rank (see :func:`load_pool`); default the demo set.
+        The pool to rank: a StimulusPool, or any file
+        :func:`closedloop.stimuli.load.load_pool` reads (rendered at
+        :data:`POOL_PX`); default the demo set.
     output : int
         Which output (neuron) of the model.
     steps : int
@@ -521,7 +470,7 @@ def inspect_model(model, out: str | Path | None = None, pool=None, output: int =
         pool_name = f"{len(pool)} images"
     else:
         say("loading the pool")
-        pool, pool_name = load_pool(pool)
+        pool, pool_name = load_pool(DEFAULT_POOL if pool is None else pool, POOL_PX)
     say(f"predicting {len(pool)} pool images")
     values = model.predict(pool.images)[:, output]
     top, bottom = rank_pool(values)

@@ -7,6 +7,8 @@ flushed as it happens, so a killed run keeps everything completed):
 ``protocol.json``  the resolved protocol
 ``rig.json``       the resolved rig
 ``stimuli.npz``    the candidate pool (see ``StimulusPool.save``)
+``synthesized/``   stimuli a strategy added during the session, in pool order
+                   (see ``closedloop.stimuli.write_added``)
 ``markers.jsonl``  one per presentation: index, stimulus id, pool index, role,
                    trial, onset and offset (s, LSL clock), frame intervals,
                    dropped frames, ``aborted`` when fixation broke during it
@@ -34,11 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ClosedLoopError
-from closedloop.stimuli import StimulusPool
+from closedloop.stimuli import StimulusPool, read_added
 
 SPIKE_DTYPE = np.dtype([("time", "<f8"), ("channel", "<i4"), ("unit", "<i4")])
 FRAME_DTYPE = np.dtype("<f8")
 LOGS = ("markers", "responses", "selections", "accuracy", "events")
+ADDED = "synthesized"  # folder of the stimuli strategies add during the session
 BINARY = {"spikes": SPIKE_DTYPE, "frames": FRAME_DTYPE}  # name.bin: fixed-size records
 
 
@@ -175,11 +178,13 @@ def read_session(path: Path | str) -> SessionRecord:
         if not (path / required).exists():
             raise ClosedLoopError(f"session {path}: missing {required}")
     summary_path = path / "summary.json"
+    pool = StimulusPool.load(path / "stimuli.npz")
+    read_added(path / ADDED, pool)
     return SessionRecord(
         path=path,
         protocol=json.loads((path / "protocol.json").read_text()),
         rig=json.loads((path / "rig.json").read_text()),
-        pool=StimulusPool.load(path / "stimuli.npz"),
+        pool=pool,
         **{name: _read_jsonl(path / f"{name}.jsonl") for name in LOGS},
         spikes=_read_binary(path / "spikes.bin", SPIKE_DTYPE),
         frames=_read_binary(path / "frames.bin", FRAME_DTYPE),

@@ -17,7 +17,7 @@ import numpy as np
 from closedloop.align.windows import ResponseAligner
 from closedloop.config import UnitSpec
 from closedloop.errors import ClosedLoopError
-from closedloop.record.session import SPIKE_DTYPE
+from closedloop.record.session import SPIKE_DTYPE, SessionRecord
 
 PRESENTATION_KEYS = ("index", "stimulus", "onset", "offset")
 CARRIED = ("pool_index", "role")  # marker keys the live system copies into responses
@@ -69,6 +69,20 @@ class Recording:
             if missing:
                 raise ClosedLoopError(f"{self.source}: presentation {p} lacks {', '.join(missing)}")
         self.presentations = sorted(self.presentations, key=lambda p: p["onset"])
+
+
+def session_recording(record: SessionRecord) -> Recording:
+    """A closedloop session (see :func:`closedloop.record.read_session`) as a :class:`Recording`:
+    its recorded units, every spike, and one presentation per marker (with its ``pool_index``,
+    ``role``, ``trial`` and ``aborted`` where recorded)."""
+    try:
+        units = [UnitSpec(**u) for u in record.rig["recorded_units"]]
+    except (KeyError, TypeError, ValueError):
+        raise ClosedLoopError(f"session {record.path}: rig.json lacks a valid 'recorded_units' list") from None
+    presentations = [{k: m[k] for k in (*PRESENTATION_KEYS, *CARRIED, "trial", "aborted") if k in m}
+                     for m in record.markers]
+    return Recording(units=units, spikes=record.spikes, presentations=presentations, source=record.path,
+                     notes=[] if record.summary is not None else ["no summary.json: the run was cut short"])
 
 
 def response_table(recording: Recording, start: float, end: float) -> list[dict]:

@@ -325,7 +325,7 @@ class Population:
         rng = np.random.default_rng(sim.seed)
         count = min(sim.calibration_images, len(calibration_images))
         chosen = np.sort(rng.choice(len(calibration_images), count, replace=False))
-        drive = np.column_stack([n.drive(calibration_images[chosen]) for n in neurons])
+        drive = self.drive(calibration_images[chosen])
         self.mean = drive.mean(axis=0)
         self.std = np.where(drive.std(axis=0) > 0, drive.std(axis=0), 1.0)
         self.norm = np.exp(sim.gain * (drive - self.mean) / self.std).mean(axis=0)
@@ -333,7 +333,14 @@ class Population:
 
     def rates(self, images: np.ndarray) -> np.ndarray:
         """Driven rates (B, neurons) in spikes/s for (B, N, N, 3) uint8 images."""
-        drive = np.column_stack([n.drive(images) for n in self.neurons])
+        return self.rates_from_drive(self.drive(images))
+
+    def drive(self, images: np.ndarray) -> np.ndarray:
+        """The models' outputs (B, neurons) for (B, N, N, 3) uint8 images, arbitrary units."""
+        return np.column_stack([n.drive(images) for n in self.neurons])
+
+    def rates_from_drive(self, drive: np.ndarray) -> np.ndarray:
+        """Driven rates (B, neurons) in spikes/s from the outputs :meth:`drive` gives."""
         z = (drive - self.mean) / self.std
         rates = self.sim.mean_rate * np.exp(self.sim.gain * z) / self.norm
         rates = np.where(self.direct, np.maximum(drive, 0.0), rates)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pylsl
@@ -24,7 +25,7 @@ import pylsl
 from closedloop.acquire.streams import count_stream_info, resolve_stream, spike_stream_info
 from closedloop.config import Rig, UnitSpec
 from closedloop.present.markers import parse_marker
-from closedloop.stimuli import StimulusPool
+from closedloop.stimuli import StimulusPool, read_added
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,15 @@ class SpikeSimulator:
         A rig with a ``[simulation]`` table.
     pool : StimulusPool
         The stimuli the presenter may show; also the calibration images.
+    added : Path, optional
+        Folder of stimuli added during the session (``closedloop.stimuli.write_added``),
+        read when a marker names a stimulus the pool lacks.
     """
 
-    def __init__(self, rig: Rig, pool: StimulusPool):
+    def __init__(self, rig: Rig, pool: StimulusPool, added: Path | None = None):
         from closedloop.simulate.neurons import Population, build_neurons
 
-        self.rig, self.sim, self.pool = rig, rig.simulation, pool
+        self.rig, self.sim, self.pool, self.added = rig, rig.simulation, pool, added
         self.population = Population(build_neurons(self.sim), self.sim, pool.images)
         self.n = len(simulated_units(rig))
         self.rng = np.random.default_rng(self.sim.seed)
@@ -107,6 +111,8 @@ class SpikeSimulator:
         if marker.get("event") == "onset":
             if self.rig.clock.sync == "events":
                 self._syncs.append((t, int(marker["index"])))
+            if marker.get("stimulus") not in self.pool and self.added is not None:
+                read_added(self.added, self.pool)  # synthesised during the session
             try:
                 rates = self.rates(self.pool.index(marker["stimulus"]))
             except KeyError:

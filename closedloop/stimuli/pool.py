@@ -82,9 +82,23 @@ class StimulusPool:
     def __getitem__(self, i: int) -> Stimulus:
         return Stimulus(self.families[i], self.params[i], self.images[i])
 
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._index
+
     def index(self, sid: str) -> int:
         """Position of the stimulus with this id; ``KeyError`` if absent."""
         return self._index[sid]
+
+    def append(self, images: np.ndarray, families: list[str], params: list[dict]) -> np.ndarray:
+        """Add stimuli (e.g. synthesised during a session) at the end; their indices."""
+        added = StimulusPool(images, families, params)
+        start = len(self)
+        self.images = np.concatenate([self.images, added.images])
+        self.families += added.families
+        self.params += added.params
+        self.ids += added.ids
+        self._index.update({sid: start + i for i, sid in enumerate(added.ids) if sid not in self._index})
+        return np.arange(start, len(self))
 
     def save(self, path: Path | str) -> None:
         """Write to an ``.npz`` file (images plus a JSON table of families and params)."""
@@ -136,3 +150,26 @@ class StimulusPool:
             raise ClosedLoopError(f"stimulus file {path}: not found") from None
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ClosedLoopError(f"stimulus file {path}: unreadable ({exc})") from None
+
+
+def write_added(folder: Path | str, pool: StimulusPool, start: int) -> Path:
+    """Save stimuli ``start:`` of ``pool`` (added during a session) as ``folder/<start>.npz``,
+    atomically, so a reader never sees part of a file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    part = StimulusPool(pool.images[start:], pool.families[start:], pool.params[start:])
+    path = folder / f"{start:06d}.npz"
+    partial = folder / f"{start:06d}.partial.npz"
+    part.save(partial)
+    partial.replace(path)
+    return path
+
+
+def read_added(folder: Path | str, pool: StimulusPool) -> int:
+    """Append to ``pool`` the stimuli saved by :func:`write_added` that follow its end, in order;
+    returns how many were added."""
+    folder, before = Path(folder), len(pool)
+    while (path := folder / f"{len(pool):06d}.npz").exists():
+        part = StimulusPool.load(path)
+        pool.append(part.images, part.families, part.params)
+    return len(pool) - before

@@ -14,7 +14,7 @@ from closedloop.cli import main
 from closedloop.errors import ClosedLoopError
 from closedloop.model.compact import CompactModel
 from closedloop.model.compress import (CompressConfig, compress_file, count_parameters, generated_images,
-                                       layer_moments, load_pool, new_student, prune_layer, select_filters)
+                                       layer_moments, new_student, prune_layer, resize_images, select_filters)
 from closedloop.model.models import load_model, save_model
 
 TINY = dict(filters=8, images_n=40, steps=3, prune_steps=1, final_steps=2, batch=8, prune_images=12,
@@ -90,6 +90,19 @@ def _error_line(code: int, stdout: str, stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("closedloop: error:")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+# ------------------------------------------------------------------------------- images --
+def test_pools_of_another_size_are_resized_to_the_student_input(pool):
+    assert resize_images(pool) is pool  # already 112 px
+    flat = np.full((2, 40, 40, 3), (10, 120, 250), np.uint8)
+    grown = resize_images(flat)
+    assert grown.shape == (2, 112, 112, 3) and grown.dtype == np.uint8
+    assert np.array_equal(grown, np.full((2, 112, 112, 3), (10, 120, 250), np.uint8))
+    halves = np.zeros((1, 224, 224, 3), np.uint8)
+    halves[:, :, 112:] = 200  # area shrinking: each 2x2 block averages to 0 or 200
+    shrunk = resize_images(halves)
+    assert np.all(shrunk[:, :, :56] == 0) and np.all(shrunk[:, :, 56:] == 200)
 
 
 # ------------------------------------------------------------------------ the criterion --
@@ -209,21 +222,14 @@ def test_teacher_output_out_of_range_is_named(tmp_path, pool_file, teacher_file)
     assert str(teacher_file) in line and "output 3" in line and "1 output" in line
 
 
-def test_empty_pools_are_named(tmp_path, teacher_file):
+def test_empty_or_small_pools_are_named(tmp_path, teacher_file):  # other bad pools: tests/stimuli/test_load.py
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     (empty_dir / "notes.txt").write_text("no images here")
     line = _error_line(*_cli("--teacher", teacher_file, "--images", empty_dir))
     assert str(empty_dir) in line and "empty pool" in line
-    empty_npz = tmp_path / "empty.npz"
-    np.savez(empty_npz, images=np.zeros((0, 112, 112, 3), np.uint8))
-    line = _error_line(*_cli("--teacher", teacher_file, "--images", empty_npz))
-    assert str(empty_npz) in line and "empty pool (0 images)" in line
-    with pytest.raises(ClosedLoopError, match=r"images\.npz: no 'images' array \(arrays: pictures\)"):
-        np.savez(tmp_path / "images.npz", pictures=np.zeros(3))
-        load_pool(tmp_path / "images.npz")
-    small = tmp_path / "small.npz"
-    np.savez(small, images=np.zeros((3, 112, 112, 3), np.uint8))
+    small = tmp_path / "small.npz"  # saved at 40 px: resized to 112 px, so only its size is at fault
+    np.savez(small, images=np.zeros((3, 40, 40, 3), np.uint8))
     line = _error_line(*_cli("--teacher", teacher_file, "--images", small))
     assert str(small) in line and "3 images" in line and "at least 10" in line
     line = _error_line(*_cli("--teacher", teacher_file))

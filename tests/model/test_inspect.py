@@ -14,10 +14,10 @@ from torch import nn
 from closedloop.cli import main
 from closedloop.errors import ClosedLoopError
 from closedloop.model.compact import CompactModel
-from closedloop.model.inspect import (FIGURE_PX, inspect_model, layer_filters, load_pool, rank_pool,
-                                      synthesize)
+from closedloop.model.inspect import FIGURE_PX, inspect_model, layer_filters, rank_pool, synthesize
 from closedloop.model.models import as_image_model, load_model
 from closedloop.stimuli import generate_pool
+from closedloop.stimuli.load import load_pool
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
               pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")]
@@ -79,16 +79,19 @@ def test_rank_pool_picks_the_highest_and_lowest():
     assert list(small_top) == [2, 0, 1] and list(small_bottom) == [1, 0, 2]
 
 
-def test_load_pool_kinds(pool_path, tmp_path):
+def test_inspect_ranks_the_demo_set_by_default(model_path):
+    result = inspect_model(model_path, steps=0)
+    assert result.pool_name == f"demo ({len(result.values)} images, 112 px)" and len(result.values) > 32
+
+
+def test_inspect_labels_folder_images_by_file(model_path, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
         Image.new("RGB", (40, 30), colour).save(folder / f"im{i}.png")
-    pool, what = load_pool(folder)
-    assert pool.images.shape == (3, 112, 112, 3) and "3 images" in what
-    assert pool.label(2) == "2 im2.png"
-    saved, what = load_pool(pool_path)
-    assert len(saved) == 40 and "pool.npz" in what
+    result = inspect_model(model_path, pool=folder, steps=0)
+    assert result.pool_name == "images (3 images, 112 px)"
+    assert sorted(result.labels[:3]) == ["0 im0.png", "1 im1.png", "2 im2.png"]
 
 
 # ------------------------------------------------------------------------ synthesis --
@@ -197,13 +200,7 @@ def test_cli_missing_model(tmp_path):
     _one_line(_cli_error([missing, "--out", tmp_path / "f.png"]), str(missing), "not found")
 
 
-def test_cli_unreadable_pool(model_path, tmp_path):
-    junk = tmp_path / "junk.npz"
-    junk.write_bytes(b"not a zip")
-    _one_line(_cli_error([model_path, "--out", tmp_path / "f.png", "--pool", junk]), str(junk), "unreadable")
-    odd = tmp_path / "pool.txt"
-    odd.write_text("x")
-    _one_line(_cli_error([model_path, "--out", tmp_path / "f.png", "--pool", odd]), str(odd))
+def test_cli_bad_pool_is_one_line(model_path, tmp_path):  # every kind of bad pool: tests/stimuli/test_load.py
     absent = tmp_path / "absent.toml"
     _one_line(_cli_error([model_path, "--out", tmp_path / "f.png", "--pool", absent]), str(absent), "not found")
     assert not (tmp_path / "f.png").exists()

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from closedloop.config import ModelSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.model.models import load_model
-from closedloop.model.online import OnlineEnsemble
+from closedloop.model.online import EMBEDDING_DIMS, OnlineEnsemble
 from closedloop.stimuli import generate_pool
 
 SPEC = ModelSpec(members=3, input_px=16, channels=(4, 4, 4, 4, 4), steps_per_update=100, batch_size=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the model worker runs: fast on a shared machine, and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +97,42 @@ def test_a_warm_start_of_another_architecture_is_refused(pool, tmp_path):
         OnlineEnsemble(pool.images, 2, wider)
     with pytest.raises(ClosedLoopError, match=r"missing.pt: model file not found"):
         OnlineEnsemble(pool.images, 2, SPEC.model_copy(update={"warm_start": tmp_path / "missing.pt"}))
+
+
+def test_retraining_is_paced_by_the_caller_and_identical_with_or_without_a_thread(pool):
+    """Snapshots and swaps happen where the caller asks: a background thread changes when the
+    work is done, never what comes out, so a replay without the thread reproduces the live model."""
+    rng = np.random.default_rng(3)
+    responses = [(int(i), rng.poisson(_truth(pool)[i])) for i in rng.integers(0, len(pool), 30)]
+    spec = SPEC.model_copy(update={"steps_per_update": 20})
+    live = OnlineEnsemble(pool.images, 2, spec, seed=4, background=True)
+    replay = OnlineEnsemble(pool.images, 2, spec, seed=4, background=False)
+    try:
+        for ensemble in (live, replay):
+            for step, (index, counts) in enumerate(responses):
+                ensemble.add(index, counts)
+                ensemble.refit()
+                if step % 10 == 4:
+                    assert ensemble.retrain()  # a snapshot of the responses so far...
+                    assert not ensemble.retrain()  # ...and no second one until it is swapped in
+                    snapshot = ensemble.n_responses
+                if step % 10 == 9:  # five responses later: cores trained on the snapshot only
+                    assert ensemble.swap(wait=True) and not ensemble.swap(wait=True)
+                    assert ensemble.trained_on == snapshot < ensemble.n_responses
+            assert ensemble.core_version == 3
+        assert np.array_equal(live.predictions(), replay.predictions())
+        extra = pool.images[:3]
+        assert np.array_equal(live.predict_images(extra), replay.predict_images(extra))
+    finally:
+        live.close()
+        replay.close()
+
+
+def test_the_embedding_is_a_fixed_projection_of_the_pool_features():
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    ensemble = OnlineEnsemble(images, 2, ModelSpec(members=2, input_px=16, channels=(4, 4, 4, 4, 4)), seed=0,
+                              background=False)
+    full = ensemble.embedding(np.arange(12))
+    assert full.shape == (12, EMBEDDING_DIMS)
+    np.testing.assert_allclose(ensemble.embedding(np.array([3, 7])), full[[3, 7]], rtol=1e-5, atol=1e-6)
+    assert np.linalg.matrix_rank(full) == 12  # distinct images stay distinguishable

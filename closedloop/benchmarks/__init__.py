@@ -1,0 +1,1 @@
+"""Benchmarks of closedloop's designs, run in-process (the ``closedloop bench`` commands)."""

@@ -1,0 +1,283 @@
+"""What a replay is fed: a session directory, a closedloop NWB export, or any recording.
+
+:func:`open_source` reads any of them into a :class:`ReplaySource`: the
+protocol, units, stimulus pool, presentations and spikes on one clock, and,
+for a session directory, what the live loop logged (its responses in the order
+the model worker got them, its decisions and accuracy reports, resumes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from closedloop.config import Protocol, SimulationSpec, UnitSpec, load_protocol, load_rig
+from closedloop.errors import ClosedLoopError
+from closedloop.loop import split_pool
+from closedloop.record.session import ADDED, SPIKE_DTYPE, read_session
+from closedloop.replay.readers import read_recording
+from closedloop.replay.recording import Recording, session_recording
+from closedloop.stimuli import StimulusPool, read_added
+
+
+@dataclass
+class ReplaySource:
+    """Everything a replay needs, on one clock (seconds).
+
+    Attributes
+    ----------
+    source : Path
+        The file or directory read.
+    protocol : Protocol
+        The session's (or the given) protocol: window, model, selection, seed.
+    units : list of UnitSpec
+        The counted units, in the order of the counts.
+    pool : StimulusPool
+        The pool the model worker starts from (a session's ``stimuli.npz``;
+        stimuli a strategy synthesised are added again by the replay).
+    pool_path : Path or None
+        The file ``pool`` was read from, when the worker can load it as is.
+    candidates, heldout : ndarray of int
+        Pool indices the strategy may choose, and those held out.
+    presentations : list of dict
+        ``index``, ``onset`` (s), ``stimulus``, ``pool_index`` (None: not in
+        the pool), ``role``, ``aborted``; ordered by onset.
+    spikes : ndarray
+        ``SPIKE_DTYPE`` records, sorted by time.
+    gaps : list of (float, float)
+        Stretches of lost spikes (s): windows overlapping them are flagged.
+    lights : list of float
+        Photodiode light changes (s) that moved onsets live.
+    light_window : float
+        Seconds after a flip in which its light change came (the rig's ``max_delay``).
+    responses : list of dict or None
+        A session's ``responses.jsonl``, in file order: the order the live
+        loop handed them to the model worker.
+    selections, accuracy : list of dict
+        A session's logged decisions and accuracy reports (empty otherwise).
+    resumes : list of int
+        The first presentation of each ``closedloop resume`` of the session.
+    truth : SimulationSpec or None
+        A simulated rig's neurons (for accuracy against the true rates).
+    complete : bool
+        False for a session cut short (no ``summary.json``).
+    notes : list of str
+        What had to be assumed or left out.
+    """
+
+    source: Path
+    protocol: Protocol
+    units: list[UnitSpec]
+    pool: StimulusPool
+    candidates: np.ndarray
+    heldout: np.ndarray
+    presentations: list[dict]
+    spikes: np.ndarray
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+    lights: list[float] = field(default_factory=list)
+    light_window: float = 0.1
+    pool_path: Path | None = None
+    responses: list[dict] | None = None
+    selections: list[dict] = field(default_factory=list)
+    accuracy: list[dict] = field(default_factory=list)
+    resumes: list[int] = field(default_factory=list)
+    truth: SimulationSpec | None = None
+    complete: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first onset to the last response window's end."""
+        onsets = [p["onset"] for p in self.presentations]
+        return max(onsets) - min(onsets) + self.protocol.window.end if onsets else 0.0
+
+
+def open_source(path: Path | str, protocol: Path | None = None, pool: Path | None = None,
+                **options) -> ReplaySource:
+    """Read a replay's input.
+
+    Parameters
+    ----------
+    path : Path or str
+        A closedloop session directory; a closedloop NWB export
+        (``closedloop export``); or any recording :func:`read_recording`
+        reads (XDF, NWB, NIX, ... with ``options`` such as ``events`` or
+        ``log``).
+    protocol : Path, optional
+        Protocol file for a recording that carries none (required then).
+    pool : Path, optional
+        For a recording that carries no images: a pool ``.npz`` or a session
+        directory whose pool holds the stimulus ids the recording names.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the file and what is wrong.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "protocol.json").exists():
+        return _session(path)
+    if path.suffix.lower() == ".nwb" and not options and _is_export(path):
+        return _nwb_export(path)
+    if protocol is None or pool is None:
+        raise ClosedLoopError(f"{path}: a recording made elsewhere needs --protocol (model, selection, "
+                              "window) and --pool (the images its stimulus ids name)")
+    return _recording(path, load_protocol(protocol), _pool(pool), Path(pool), options)
+
+
+# ----------------------------------------------------------------- sessions --
+def _session(path: Path) -> ReplaySource:
+    record = read_session(path)
+    recording = session_recording(record)
+    protocol = load_protocol(path / "protocol.json")
+    rig = load_rig(path / "rig.json")
+    base = StimulusPool.load(path / "stimuli.npz")
+    candidates, heldout = split_pool(len(base), protocol.heldout.images, protocol.protocol.seed)
+    for p in recording.presentations:
+        if p["pool_index"] >= len(record.pool) or record.pool.ids[p["pool_index"]] != p["stimulus"]:
+            raise ClosedLoopError(f"session {path}: markers.jsonl: presentation {p['index']} names stimulus "
+                                  f"{p['stimulus']!r}, which is not pool image {p['pool_index']}")
+        p["aborted"] = bool(p.get("aborted"))
+    shown = {p["index"] for p in recording.presentations}
+    unmatched = [r["index"] for r in record.responses if r["index"] not in shown]
+    if unmatched:
+        raise ClosedLoopError(f"session {path}: responses.jsonl: presentation {unmatched[0]} has no marker "
+                              f"({len(unmatched)} such responses)")
+    return ReplaySource(
+        source=path, protocol=protocol, units=recording.units, pool=base, candidates=candidates, heldout=heldout,
+        presentations=recording.presentations, spikes=recording.spikes,
+        gaps=[(e["start"], e["end"]) for e in record.events if e.get("kind") == "spike_gap"],
+        lights=[r["onset"] for r in record.responses if "flip" in r],
+        light_window=rig.photodiode.max_delay if rig.photodiode else 0.1, pool_path=path / "stimuli.npz",
+        responses=record.responses, selections=record.selections, accuracy=record.accuracy,
+        resumes=[e["from_presentation"] for e in record.events if e.get("kind") == "resumed"],
+        truth=rig.simulation if rig.rig.simulated else None, complete=record.summary is not None,
+        notes=recording.notes)
+
+
+# -------------------------------------------------------------- NWB exports --
+def _is_export(path: Path) -> bool:
+    """Whether ``path`` is an NWB file written by ``closedloop export``."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            text = f["general/data_collection"][()] if "general/data_collection" in f else b""
+    except OSError as exc:
+        raise ClosedLoopError(f"{path}: unreadable NWB (HDF5) file ({exc})") from None
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return '"closedloop_nwb_export"' in text
+
+
+def _read_export(path: Path) -> tuple[Recording, Protocol, StimulusPool, list[tuple[float, float]]]:
+    """A ``closedloop export`` on the session's LSL clock: its recorded units, spikes and
+    presentations (``pool_index`` into the returned pool: the images shown, in pool order),
+    its protocol, and its spike gaps."""
+    from pynwb import NWBHDF5IO
+
+    try:
+        with NWBHDF5IO(str(path), "r") as io:
+            nwb = io.read()
+            t0 = json.loads(nwb.data_collection)["lsl_t0"]
+            protocol = _protocol(path, json.loads(nwb.protocol))
+            rows = nwb.units.to_dataframe()
+            table = nwb.intervals["presentations"].to_dataframe()
+            images = nwb.stimulus_template["stimuli"]
+            shown = {name: np.asarray(images.images[name].data[:]) for name in images.images}
+            gaps = [] if nwb.invalid_times is None else [
+                (a + t0, b + t0) for a, b in zip(nwb.invalid_times["start_time"][:], nwb.invalid_times["stop_time"][:])]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ClosedLoopError(f"{path}: not a readable closedloop NWB export ({type(exc).__name__}: {exc})") from None
+    recorded = rows[rows["recorded"]]
+    units = [UnitSpec(name=str(r.unit_name), channel=int(r.channel), unit=int(r.unit)) for r in recorded.itertuples()]
+    spikes = np.concatenate([_records(np.asarray(r.spike_times) + t0, int(r.channel), int(r.unit))
+                             for r in recorded.itertuples()] or [np.empty(0, SPIKE_DTYPE)])
+    first = table.drop_duplicates("pool_index").sort_values("pool_index")
+    pool = StimulusPool(np.stack([shown[sid] for sid in first["stimulus_id"]]), list(first["family"]),
+                        [json.loads(p) for p in first["params"]])
+    position = {int(k): i for i, k in enumerate(first["pool_index"])}
+    presentations = [{"index": int(r.presentation), "stimulus": str(r.stimulus_id), "onset": float(r.start_time) + t0,
+                      "offset": float(r.stop_time) + t0, "pool_index": position[int(r.pool_index)],
+                      "role": str(r.role), "aborted": bool(r.aborted)} for r in table.itertuples()]
+    recording = Recording(units=units, spikes=spikes, presentations=presentations, source=path)
+    return recording, protocol, pool, gaps
+
+
+def _nwb_export(path: Path) -> ReplaySource:
+    """A ``closedloop export``: the pool is the images shown, none of the unshown candidates."""
+    recording, protocol, pool, gaps = _read_export(path)
+    heldout = np.array(sorted({p["pool_index"] for p in recording.presentations if p["role"] == "heldout"}), int)
+    return ReplaySource(
+        source=path, protocol=protocol, units=recording.units, pool=pool,
+        candidates=np.setdiff1d(np.arange(len(pool)), heldout), heldout=heldout,
+        presentations=recording.presentations, spikes=recording.spikes, gaps=gaps,
+        notes=["an NWB export keeps the images shown, not the whole candidate pool, nor the live "
+               "decisions: the model chooses among the images shown"])
+
+
+def open_recording(path: Path | str, **options) -> Recording:
+    """Units, spikes and presentations of a session directory, a closedloop NWB export or any
+    recording :func:`read_recording` reads (with its ``options``)."""
+    path = Path(path)
+    if path.is_dir() and (path / "protocol.json").exists():
+        return session_recording(read_session(path))
+    if path.suffix.lower() == ".nwb" and not options and _is_export(path):
+        return _read_export(path)[0]
+    return read_recording(path, **options)
+
+
+def _protocol(path: Path, data: dict) -> Protocol:
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ClosedLoopError(f"{path}: its protocol: field '{'.'.join(map(str, error['loc']))}': "
+                              f"{error['msg']}") from None
+
+
+def _records(times: np.ndarray, channel: int, unit: int) -> np.ndarray:
+    out = np.empty(len(times), SPIKE_DTYPE)
+    out["time"], out["channel"], out["unit"] = times, channel, unit
+    return out
+
+
+# --------------------------------------------------------------- recordings --
+def _pool(path: Path) -> StimulusPool:
+    """A pool ``.npz``, or a session directory's pool (synthesised stimuli included)."""
+    path = Path(path)
+    if not path.is_dir():
+        return StimulusPool.load(path)
+    pool = StimulusPool.load(path / "stimuli.npz")
+    read_added(path / ADDED, pool)
+    return pool
+
+
+def _recording(path: Path, protocol: Protocol, pool: StimulusPool, pool_path: Path, options: dict) -> ReplaySource:
+    recording = read_recording(path, **options)
+    onsets, times = [p["onset"] for p in recording.presentations], recording.spikes["time"]
+    if onsets and len(times) and not any(times[0] <= t <= times[-1] for t in onsets):
+        what = (f"stimulus log {options['log']}" if "log" in options
+                else f"{path}: event channel {options.get('events')!r}")
+        raise ClosedLoopError(f"{what}: its onsets ({min(onsets):.3f} to {max(onsets):.3f} s) lie outside the "
+                              f"recording's spikes ({times[0]:.3f} to {times[-1]:.3f} s): another recording's, "
+                              "or on another clock")
+    candidates, heldout = split_pool(len(pool), protocol.heldout.images, protocol.protocol.seed)
+    held = set(heldout.tolist())
+    presentations, unknown = [], 0
+    for p in recording.presentations:
+        index = pool.index(p["stimulus"]) if p["stimulus"] in pool else None
+        unknown += index is None
+        presentations.append({"index": p["index"], "onset": p["onset"], "stimulus": p["stimulus"],
+                              "pool_index": index, "aborted": False,
+                              "role": "heldout" if index in held else "recorded"})
+    if unknown == len(presentations):
+        raise ClosedLoopError(f"{path}: none of its {unknown} presentations names a stimulus of the pool {pool_path}")
+    notes = list(recording.notes)
+    if unknown:
+        notes.append(f"{unknown} presentations name stimuli not in the pool: counted, never learned")
+    return ReplaySource(source=path, protocol=protocol, units=recording.units, pool=pool, candidates=candidates,
+                        heldout=heldout, presentations=presentations, spikes=recording.spikes, notes=notes)

@@ -1,0 +1,181 @@
+"""Assemble the report of one or more sessions into one HTML page."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.errors import ClosedLoopError
+from closedloop.record.session import SessionRecord
+from closedloop.report import data, figures, html, timing
+from closedloop.stimuli import StimulusPool
+
+BEFORE = 0.1  # s shown before each onset in rasters
+AFTER_MARGIN = 0.1  # s shown after the later of the image's offset and the window's end
+GALLERY_LIMIT = 128  # chosen images shown
+
+
+def write_report(sessions: list[Path], out: Path | None = None) -> Path:
+    """Write the report of ``sessions`` (accuracy overlaid when several) to ``out``.
+
+    Parameters
+    ----------
+    sessions : list of Path
+        Session directories, complete or partial (killed before ``summary.json``).
+    out : Path, optional
+        HTML file to write; default ``report.html`` in the first session.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the session file at fault (missing, corrupt), or the output that
+        cannot be written.
+    """
+    if not sessions:
+        raise ClosedLoopError("report: give at least one session directory")
+    records = [data.load_session(s) for s in sessions]
+    out = Path(out) if out is not None else Path(sessions[0]) / "report.html"
+    labels = [f"{r.path.name} ({data.strategy(r)})" for r in records]
+    body = [html.heading(2, "Summary", "summary"), _summary(records, labels),
+            html.heading(2, "Model accuracy", "accuracy"), _accuracy(records, labels)]
+    for k, (record, label) in enumerate(zip(records, labels)):
+        body += _session(record, label, k)
+    text = html.page(f"closedloop report: {', '.join(r.path.name for r in records)}", body)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ClosedLoopError(f"report file {out}: cannot write ({exc.strerror or exc})") from None
+    return out
+
+
+def _summary(records: list[SessionRecord], labels: list[str]) -> str:
+    """A table: one column per session."""
+    def median(values) -> str:
+        values = [v for v in values or [] if v is not None]
+        return f"{np.median(values):.2f}" if values else "-"
+
+    rows: dict[str, list[str]] = {}
+    for record in records:
+        summary = record.summary or {}
+        trials = Counter(e.get("end") for e in record.events if e.get("kind") == "trial")
+        onsets = data.column(record, "markers", "onset")
+        last = record.accuracy[-1] if record.accuracy else {}
+        names = [u.get("name", "?") for u in record.rig.get("recorded_units", [])]
+        protocol = record.protocol.get("protocol", {})
+        fields = {
+            "status": "complete" if record.summary else "PARTIAL: no summary.json (the run was killed or failed)",
+            "protocol": protocol.get("name", "?"),
+            "rig": record.rig.get("rig", {}).get("name", "?"),
+            "strategy": data.strategy(record),
+            "units": f"{len(names)}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}",
+            "presentations": f"{len(record.markers)} of {protocol.get('presentations', '?')}",
+            "responses": f"{len(record.responses)}",
+            "spikes": f"{len(record.spikes)}",
+            "trials": f"{sum(trials.values())}: {trials['completed']} completed, {trials['fixation_break']} "
+                      f"fixation breaks, {trials['no_fixation']} without fixation",
+            "duration (s)": (f"{summary['duration_s']:.1f}" if "duration_s" in summary
+                             else f"{onsets[-1] - onsets[0]:.1f} (first to last onset)" if onsets else "-"),
+            "deadline misses": f"{sum(e.get('kind') == 'deadline_miss' for e in record.events)}",
+            "model decisions": f"{len(record.selections)}",
+            "last held-out r, median over units (observed / true)":
+                f"{median(last.get('r_observed'))} / {median(last.get('r_true'))} "
+                f"after {last.get('responses', 0)} responses",
+            "selection turnaround median (ms)": median([s.get("turnaround_ms") for s in record.selections]),
+        }
+        for key, value in fields.items():
+            rows.setdefault(key, []).append(value)
+    return html.table([[key, *values] for key, values in rows.items()], ["", *labels])
+
+
+def _accuracy(records: list[SessionRecord], labels: list[str]) -> str:
+    curves = [(label, data.accuracy(r)) for r, label in zip(records, labels)]
+    curves = [(label, c) for label, c in curves if c]
+    if not curves:
+        return html.paragraph("No held-out accuracy was recorded.")
+    caption = ("Held-out Pearson r of the model's predictions against the mean observed counts (left) and, on a "
+               "simulated rig, against the true rates (right), as the model learned: median over units, band the "
+               "interquartile range" + (", thin lines each unit." if len(curves) == 1 else
+                                        "; one colour per session, labelled with its strategy."))
+    return html.figure(figures.png(figures.accuracy(curves)), "model accuracy", caption)
+
+
+def _session(record: SessionRecord, label: str, k: int) -> list[str]:
+    parts = [html.heading(2, f"Session {label}", f"session-{k}")]
+    if record.summary is None:
+        parts.append(html.paragraph(
+            f"Partial session: {record.path / 'summary.json'} is missing (the run was killed or failed). "
+            f"Everything below is what was recorded up to then: {len(record.markers)} presentations, "
+            f"{len(record.responses)} responses.", note=True))
+    units = data.units(record)
+    parts += [html.heading(3, "Rasters and PSTHs"), _rasters(record, units)]
+    parts += [html.heading(3, "Response matrix"), _matrix(record, units)]
+    parts += [html.heading(3, "Chosen images"), _chosen(record)]
+    parts += [html.heading(3, "Hypothesis posteriors"), _posteriors(record)]
+    parts += [html.heading(3, "Timing"), html.table([list(row) for row in timing.rows(record)]),
+              html.figure(figures.png(timing.figure(record)), "timing",
+                          "Every frame interval of the run (log scale); dropped frames per presentation, "
+                          "deadline misses and fixation breaks; photodiode onset corrections where measured.")]
+    return parts
+
+
+def _rasters(record: SessionRecord, units: list[data.Unit]) -> str:
+    if not record.markers:
+        return html.paragraph("No presentations were recorded.")
+    index, onset = data.onsets(record)
+    protocol = record.protocol.get("protocol", {})
+    window = record.protocol.get("window", {})
+    window = (float(window.get("start", 0.05)), float(window.get("end", 0.15)))
+    on = float(protocol.get("on_frames", 0)) * timing.frame_period(record)
+    after = max(on, window[1]) + AFTER_MARGIN
+    items = [html.figure(figures.png(figures.raster_psth(u.name, data.aligned(u.times, onset, BEFORE, after),
+                                                         BEFORE, after, window, on)), f"raster {u.name}")
+             for u in units]
+    return (html.paragraph(f"Spikes of each unit around the {len(index)} onsets (photodiode-corrected where "
+                           f"measured); shaded: the response window {window[0] * 1e3:.0f}-{window[1] * 1e3:.0f} ms; "
+                           f"red bar: image on ({on * 1e3:.0f} ms).") + html.grid(items))
+
+
+def _matrix(record: SessionRecord, units: list[data.Unit]) -> str:
+    if not record.responses:
+        return html.paragraph("No responses were recorded.")
+    counts, roles = data.response_matrix(record, len(units))
+    return html.figure(figures.png(figures.response_matrix(counts, [u.name for u in units], roles)),
+                       "response matrix", f"Spike counts in the response window, {counts.shape[0]} units x "
+                                          f"{counts.shape[1]} presentations, each unit scaled to its maximum.")
+
+
+def _chosen(record: SessionRecord) -> str:
+    order = data.chosen_order(record)
+    if not order:
+        return html.paragraph("No model decisions were recorded.")
+    pool = record.pool
+    bad = [i for i in order if not 0 <= i < len(pool)]
+    if bad:
+        raise ClosedLoopError(f"session file {record.path / 'selections.jsonl'}: pool index {bad[0]} is not in "
+                              f"the pool ({len(pool)} stimuli)")
+    chosen = StimulusPool(pool.images[order], [pool.families[i] for i in order], [pool.params[i] for i in order])
+    shown = min(len(chosen), GALLERY_LIMIT)
+    buffer = io.BytesIO()
+    chosen.gallery(16, shown, title=f"{len(chosen)} images chosen, in order of first choice").save(buffer, "PNG")
+    on_screen = {m.get("pool_index") for m in record.markers if m.get("role") == "chosen"}
+    return html.figure(buffer.getvalue(), "chosen images",
+                       f"The images the strategy chose in {len(record.selections)} decisions, numbered in order "
+                       f"of first choice ({shown} of {len(chosen)} drawn); {len(on_screen & set(order))} of them "
+                       f"reached the screen (each decision replaces the queue of images not yet shown).")
+
+
+def _posteriors(record: SessionRecord) -> str:
+    found = data.posteriors(record)
+    if found is None:
+        return html.paragraph(f"No decision carried a posterior (strategy {data.strategy(record)!r} keeps none).")
+    x, probabilities = found
+    return html.figure(figures.png(figures.posteriors(x, probabilities)), "hypothesis posteriors",
+                       "Each hypothesis's posterior probability at every decision of the strategy.")

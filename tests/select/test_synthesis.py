@@ -1,0 +1,178 @@
+"""Synthesis strategies: new images that a real (small) online ensemble predicts higher."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from closedloop.config import ModelSpec
+from closedloop.errors import ClosedLoopError
+from closedloop.model.online import OnlineEnsemble
+from closedloop.select.registry import make_strategy
+from closedloop.select.strategies import SelectionContext
+from closedloop.select.synthesis import ascend, mutate
+from closedloop.stimuli import generate_pool, render_stimulus
+from closedloop.stimuli.contours import ContourParams
+
+SPEC = ModelSpec(members=3, input_px=16, channels=(4, 4, 4, 4, 4), steps_per_update=60, batch_size=32)
+UNITS = ("a", "b")
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as in the model worker: reproducible, and fast on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pool():
+    return generate_pool({"contour": 30, "dot": 15, "grating": 15}, SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint of an ensemble trained on Poisson responses of two units: one grows with
+    contrast energy, one fires for contours."""
+    pool = _pool()
+    energy = np.abs(pool.images.astype(float) - 128).mean(axis=(1, 2, 3)) / 127
+    contour = np.array([family == "contour" for family in pool.families], float)
+    rates = np.stack([1 + 8 * energy, 1 + 4 * contour], axis=1)
+    rng = np.random.default_rng(0)
+    ensemble = OnlineEnsemble(pool.images, len(UNITS), SPEC, seed=0, background=False)
+    try:
+        for i in range(len(pool)):
+            ensemble.add(i, rng.poisson(rates[i]))
+        ensemble.sync()
+        path = tmp_path_factory.mktemp("ensemble") / "trained.pt"
+        ensemble.save(path)
+    finally:
+        ensemble.close()
+    return path
+
+
+@pytest.fixture
+def live(trained):
+    """A fresh pool and the trained ensemble over it, as the model worker holds them."""
+    pool = _pool()
+    ensemble = OnlineEnsemble(pool.images, len(UNITS), SPEC.model_copy(update={"warm_start": trained}), seed=0,
+                              background=False)
+    yield pool, ensemble
+    ensemble.close()
+
+
+def _context(pool, ensemble, allowed):
+    """The worker's context: predictions of the allowed images, and add_images growing pool and ensemble."""
+    def add_images(images, families, params):
+        index = pool.append(images, families, params)
+        assert np.array_equal(ensemble.extend(images), index)
+        return index
+
+    return SelectionContext(allowed, pool, ensemble.predictions()[:, :, allowed], ensemble, UNITS,
+                            add_images=add_images)
+
+
+def _target(ensemble, index, unit):
+    mean = ensemble.predictions(np.asarray(index)).mean(axis=0)
+    return mean.mean(axis=0) if unit is None else mean[UNITS.index(unit)]
+
+
+# --------------------------------------------------------------------- synthesis --
+@pytest.mark.parametrize("unit", ["b", None])
+def test_synthesis_raises_the_prediction_above_the_best_start(live, unit):
+    pool, ensemble = live
+    size, allowed = len(pool), np.arange(len(pool))
+    best_start = _target(ensemble, allowed, unit).max()
+    strategy = make_strategy("synthesis", {"unit": unit, "steps": 16})
+    chosen, scores = strategy.choose(_context(pool, ensemble, allowed), 2, np.random.default_rng(0))
+    assert chosen.tolist() == [size, size + 1] and len(pool) == size + 2
+    predicted = _target(ensemble, chosen, unit)
+    np.testing.assert_allclose(scores, predicted, rtol=1e-5)
+    assert np.all(predicted > best_start), (predicted, best_start)
+    assert np.all(np.diff(scores) <= 0)
+    for index in chosen:
+        assert pool.families[index] == "synthesized" and pool.params[index]["unit"] == unit
+        start = pool.images[pool.index(pool.params[index]["start"])].astype(int)
+        assert np.abs(pool.images[index].astype(int) - start).max() <= 64  # the trust region
+        assert not np.array_equal(pool.images[index], start)
+
+
+def test_ascent_keeps_to_the_pixel_range_and_the_trust_region():
+    start = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3))).float()
+    brightness = lambda x: x.mean(dim=(1, 2, 3))  # noqa: E731 - maximised by pushing every pixel up
+    pixels, trace = ascend(brightness, start, 40, torch.Generator().manual_seed(0), learning_rate=4.0,
+                           jitter=0, decay=0.0, blur_sigma=0.0, max_change=20.0)
+    torch.testing.assert_close(pixels, (start + 20).clamp(max=255))
+    assert trace.shape == (40, 2) and np.all(np.diff(trace, axis=0) >= 0)
+    pixels, _ = ascend(brightness, start, 20, torch.Generator().manual_seed(0), learning_rate=50.0)
+    assert pixels.min() >= 0 and pixels.max() == 255 and pixels.mean() > start.mean() + 50
+
+
+def test_ascent_of_one_image_is_the_inspect_synthesis():
+    from closedloop.model.ensemble import CompactEnsemble
+    from closedloop.model.inspect import GREY, synthesize
+    from closedloop.model.models import as_image_model
+
+    model = as_image_model(CompactEnsemble(2, members=2, input_px=16, channels=(4, 4, 4, 4, 4), seed=0).eval())
+    expected = synthesize(model, output=1, steps=12, seed=3, size=16)
+    generator = torch.Generator().manual_seed(3)
+    start = (GREY + 2.0 * torch.randn((1, 16, 16, 3), generator=generator)).clamp(0, 255).round()
+    module = model.torch_module()
+    pixels, trace = ascend(lambda x: module(x).reshape(len(x), -1)[:, 1], start, 12, generator)
+    assert np.array_equal(pixels.round().to(torch.uint8).numpy()[0], expected.image)
+    np.testing.assert_allclose(trace[:, 0], expected.trace, rtol=1e-6)
+
+
+# --------------------------------------------------------------------- evolution --
+def test_evolution_returns_contours_at_least_as_good_as_the_first_population(live):
+    pool, ensemble = live
+    size, allowed = len(pool), np.arange(len(pool))
+    contours = np.array([f == "contour" for f in pool.families])
+    best_first = _target(ensemble, allowed[contours], "b").max()
+    strategy = make_strategy("evolution", {"unit": "b", "population": 8, "generations": 3})
+    chosen, scores = strategy.choose(_context(pool, ensemble, allowed), 3, np.random.default_rng(0))
+    assert len(chosen) == 3 and np.all(np.diff(scores) <= 0)
+    np.testing.assert_allclose(scores, _target(ensemble, chosen, "b"), rtol=1e-5)
+    assert scores[0] >= best_first
+    assert strategy.state()["first_best"] == pytest.approx(best_first, rel=1e-5)
+    assert strategy.state()["best"] == pytest.approx(scores[0])
+    assert len(pool) > size  # some winners are new contours
+    for index in chosen:
+        assert pool.families[index] == "contour"
+        params = ContourParams.model_validate(pool.params[index]).model_dump(mode="json")
+        assert params == pool.params[index]
+        assert np.array_equal(render_stimulus("contour", params, SIZE), pool.images[index])
+
+
+def test_evolution_starts_from_random_contours_when_none_are_allowed(live):
+    pool, ensemble = live
+    size = len(pool)
+    dots = np.array([i for i, f in enumerate(pool.families) if f == "dot"])
+    strategy = make_strategy("evolution", {"population": 4, "generations": 2})
+    chosen, scores = strategy.choose(_context(pool, ensemble, dots), 2, np.random.default_rng(1))
+    assert chosen.tolist() == [size, size + 1]
+    assert scores[0] >= strategy.state()["first_best"]
+    assert all(pool.families[i] == "contour" for i in chosen)
+
+
+def test_mutations_change_contours_within_their_ranges():
+    parent = ContourParams(shape=9, rotation=90, size=0.3, x=0.1, y=-0.1).model_dump(mode="json")
+    rng = np.random.default_rng(0)
+    children = [mutate(parent, rng) for _ in range(200)]
+    again = np.random.default_rng(0)
+    assert children == [mutate(parent, again) for _ in range(200)]  # reproducible
+    for child in children:
+        assert ContourParams.model_validate(child).model_dump(mode="json") == child
+        assert child != parent
+        assert 0.05 <= child["size"] <= 0.5 and abs(child["x"]) <= 0.3 and abs(child["y"]) <= 0.3
+        assert child["shape"] == parent["shape"] and child["rotation"] in (45, 90, 135)
+    for key in ("curvatures", "rotation", "size", "x"):
+        assert any(child[key] != parent[key] for child in children), key
+
+
+def test_a_target_unit_that_is_not_recorded_is_refused():
+    with pytest.raises(ClosedLoopError, match="strategy 'evolution': unit 'z' is not recorded \\(units: a, b\\)"):
+        make_strategy("evolution", {"unit": "z"}).check(list(UNITS), _pool())
