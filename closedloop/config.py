@@ -336,7 +336,7 @@ class Protocol(_Strict):
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"field '{field}': {first['msg']}"
+    return f"field '{field}': {first['msg'].removeprefix('Value error, ')}"
 
 
 def _load(path: Path | str, model: type[BaseModel], what: str):

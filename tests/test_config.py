@@ -40,6 +40,10 @@ def test_model_paths_resolve_against_the_rig_file():
     ("[protocol]\nname = 'x'\n[stimulus]\nsize_deg = 0\n", "field 'stimulus.size_deg'"),
     ("[protocol]\nname = 'x'\n[stimulus]\nposition_deg = [88, 0]\n", "the patch reaches 90 degrees"),
     ("[protocol]\nname = 'x'\n[stimulus]\nbackground = 1.5\n", "field 'stimulus.background'"),
+    ("[protocol]\nname = 'x'\n[selection]\nstrategy = 'info_gain'\n[selection.params]\ndiversity = 2\n",
+     "field 'selection': strategy 'info_gain': params.diversity: Input should be less than or equal to 1"),
+    ("[protocol]\nname = 'x'\n[selection]\nstrategy = 'adept'\n[selection.params]\nwieght = 2\n",
+     "field 'selection': strategy 'adept': params.wieght: Extra inputs are not permitted"),
 ])
 def test_bad_protocols_name_the_file_and_field(tmp_path, text, message):
     path = tmp_path / "bad.toml"
