@@ -308,13 +308,15 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             trial += 1
 
         _drain(aligner, protocol, rig)
-        final = worker.stop()
-        _handle_worker(final, schedule, writer, progress, pool)
-        inlet.stop()  # nothing arrives after this, so the summary matches the disk
+        # The inlet's thread may still be handing the last response to the worker: join it first,
+        # so the worker learns every logged response and nothing arrives after the summary.
+        inlet.stop()
         inlet_stopped = True
         if photodiode is not None:
             photodiode.stop()
             photodiode_stopped = True
+        final = worker.stop()
+        _handle_worker(final, schedule, writer, progress, pool)
         writer.flush()
         summary = _summary(protocol, rig, units, session_dir, progress, model_info,
                            time.monotonic() - started, inlet, aligner)
