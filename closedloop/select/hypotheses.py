@@ -396,7 +396,8 @@ class HypothesisStrategy(Strategy):
 
     See the module docstring. Responses seen before the first decision (e.g.
     during a warm-up) are kept and used once the first decision says which
-    unit is the neuron and what the pool holds.
+    unit is the neuron and what the pool holds. Once the test has stopped its result is
+    kept as it stopped: responses still in flight are not part of it.
     """
 
     name = "hypothesis"
@@ -417,6 +418,7 @@ class HypothesisStrategy(Strategy):
         self._unit: int | None = None
         self._pool = None
         self._pending: list[tuple[int, np.ndarray]] = []
+        self._final: dict | None = None  # the state when the test stopped (decided or out of budget)
 
     # --------------------------------------------------------------- checks --
     def _unit_index(self, units: Sequence[str]) -> int:
@@ -449,6 +451,8 @@ class HypothesisStrategy(Strategy):
             self.repeats = np.concatenate([self.repeats, np.zeros(end - start)])
 
     def observe(self, pool_index, counts):
+        if self._final is not None:  # the test has stopped: responses still in flight are not part of it
+            return
         self._pending.append((int(pool_index), np.asarray(counts, dtype=float)))
         if self._pool is not None:
             self._flush()
@@ -487,10 +491,16 @@ class HypothesisStrategy(Strategy):
 
     @property
     def finished(self):
-        budget = self.params.budget
-        return self.decided is not None or (budget is not None and self.responses >= budget)
+        if self._final is None:
+            budget = self.params.budget
+            if self.decided is not None or (budget is not None and self.responses >= budget):
+                self._final = self._state()  # the test's result, kept as it stopped
+        return self._final is not None
 
     def state(self):
+        return self._final if self._final is not None else self._state()
+
+    def _state(self) -> dict:
         return {"posterior": dict(zip(self.names, self.posterior.round(6).tolist())),
                 "responses": self.responses, "decided": self.decided}
 

@@ -191,3 +191,18 @@ def test_check_names_a_missing_neuron_or_family():
         strategy.check(list(UNITS), dots_only)
     assert "\n" not in str(error.value)
     strategy.check(list(UNITS), make_pool([{"shape": 1}], dot_grid()[:1]))  # both families: fine
+
+
+def test_a_stopped_test_keeps_its_result_whatever_arrives_after():
+    strategy = make_strategy("hypothesis", {"neuron": "u", "budget": 3, "hypotheses": [
+        {"name": "dot", "model": "dot"}, {"name": "untuned", "model": "untuned"}]})
+    pool = StimulusPool(np.zeros((2, 8, 8, 3), np.uint8) + np.array([[[[0]]], [[[1]]]], np.uint8),
+                        ["dot", "dot"], [{"diameter": 0.1}, {"diameter": 0.2}])
+    strategy.attach(["u"], pool)
+    for _ in range(3):
+        strategy.observe(0, np.array([2.0]))
+    assert strategy.finished
+    stopped = strategy.state()
+    for _ in range(20):  # responses in flight when the session ended
+        strategy.observe(1, np.array([30.0]))
+    assert strategy.state() == stopped and stopped["responses"] == 3
