@@ -40,6 +40,18 @@ def display():
     server.wait()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, as the model worker runs: reproducible, and much
+    faster than two on a busy machine; the count is put back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def stream_name(request) -> str:
     """A unique LSL stream name, so tests never see each other's outlets."""

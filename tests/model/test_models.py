@@ -24,7 +24,10 @@ pytestmark = [pytest.mark.filterwarnings("ignore:You are using the legacy TorchS
 FILTERS = (6, 5, 3, 4, 2)
 
 
-def _one_line_naming(error: pytest.ExceptionInfo, path: Path) -> str:
+def _refused(path: Path, match: str | None = None) -> str:
+    """``load_model(path)`` fails with one line (matching ``match``) that names the file; the line."""
+    with pytest.raises(ClosedLoopError, match=match) as error:
+        load_model(path)
     message = str(error.value)
     assert str(path) in message, message
     assert "\n" not in message and "Traceback" not in message
@@ -148,9 +151,7 @@ def test_register_kind(tmp_path):
 
 # ---------------------------------------------------------------------------- errors --
 def test_missing_file(tmp_path):
-    with pytest.raises(ClosedLoopError, match="not found") as error:
-        load_model(tmp_path / "nope.pt")
-    _one_line_naming(error, tmp_path / "nope.pt")
+    _refused(tmp_path / "nope.pt", "not found")
 
 
 @pytest.mark.parametrize("name, content", [("junk.pt", b"\x00garbage" * 10), ("empty.pt", b""),
@@ -158,23 +159,17 @@ def test_missing_file(tmp_path):
 def test_corrupt_files(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ClosedLoopError, match="unreadable|corrupt|not an image model") as error:
-        load_model(path)
-    _one_line_naming(error, path)
+    _refused(path, "unreadable|corrupt|not an image model")
 
 
 def test_onnx_not_an_image_model(tmp_path):
     flat = tmp_path / "flat.onnx"
     torch.onnx.export(nn.Linear(10, 2), (torch.rand(1, 10),), str(flat), dynamo=False)
-    with pytest.raises(ClosedLoopError, match="not an image model.*4-D") as error:
-        load_model(flat)
-    _one_line_naming(error, flat)
+    _refused(flat, "not an image model.*4-D")
 
     five = tmp_path / "five.onnx"
     torch.onnx.export(nn.Conv2d(5, 2, 3), (torch.rand(1, 5, 8, 8),), str(five), dynamo=False)
-    with pytest.raises(ClosedLoopError, match="3 channels") as error:
-        load_model(five)
-    _one_line_naming(error, five)
+    _refused(five, "3 channels")
 
 
 def test_own_format_weight_mismatch_names_key_and_shapes(tmp_path):
@@ -183,53 +178,39 @@ def test_own_format_weight_mismatch_names_key_and_shapes(tmp_path):
     header = torch.load(path, weights_only=True)
     header["state_dict"]["layers.layer0_conv.weight"] = torch.zeros(7, 3, 5, 5)
     torch.save(header, path)
-    with pytest.raises(ClosedLoopError) as error:
-        load_model(path)
-    message = _one_line_naming(error, path)
+    message = _refused(path)
     assert "layers.layer0_conv.weight" in message and "(7, 3, 5, 5)" in message and "(6, 3, 5, 5)" in message
 
     del header["state_dict"]["layers.Beta.bias"]
     torch.save(header, path)
-    with pytest.raises(ClosedLoopError, match="missing keys layers.Beta.bias") as error:
-        load_model(path)
-    _one_line_naming(error, path)
+    _refused(path, "missing keys layers.Beta.bias")
 
     header["kind"] = "transformer"
     torch.save(header, path)
-    with pytest.raises(ClosedLoopError, match="unknown model kind 'transformer'") as error:
-        load_model(path)
-    _one_line_naming(error, path)
+    _refused(path, "unknown model kind 'transformer'")
 
 
 def test_bare_state_dict_and_other_torch_objects(tmp_path):
     bare = tmp_path / "bare.pt"
     torch.save(CompactModel(FILTERS).state_dict(), bare)
-    with pytest.raises(ClosedLoopError, match="nums_filters") as error:
-        load_model(bare)
-    _one_line_naming(error, bare)
+    _refused(bare, "nums_filters")
 
     listed = tmp_path / "list.pt"
     torch.save([1, 2, 3], listed)
-    with pytest.raises(ClosedLoopError, match="not an image model") as error:
-        load_model(listed)
-    _one_line_naming(error, listed)
+    _refused(listed, "not an image model")
 
 
 def test_published_weight_mismatch(tmp_path):
     path = tmp_path / "compact_model_x_neuron0.pt"
     torch.save(CompactModel(FILTERS).state_dict(), path)
     np.save(tmp_path / "compact_model_x_neuron0.nums_filters.npy", np.array([6, 5, 3, 4, 3]))
-    with pytest.raises(ClosedLoopError, match="shape mismatch") as error:
-        load_model(path)
-    _one_line_naming(error, path)
+    _refused(path, "shape mismatch")
 
 
 def test_torchscript_not_an_image_model(tmp_path):
     path = tmp_path / "vector.pt"
     torch.jit.save(torch.jit.script(nn.Linear(10, 2)), path)
-    with pytest.raises(ClosedLoopError, match="not an image model") as error:
-        load_model(path)
-    _one_line_naming(error, path)
+    _refused(path, "not an image model")
 
 
 def test_save_unknown_module(tmp_path):

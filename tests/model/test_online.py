@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from closedloop.config import ModelSpec
 from closedloop.errors import ClosedLoopError
@@ -15,13 +14,7 @@ from closedloop.stimuli import generate_pool
 SPEC = ModelSpec(members=3, input_px=16, channels=(4, 4, 4, 4, 4), steps_per_update=100, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the model worker runs: fast on a shared machine, and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

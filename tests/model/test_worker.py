@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from closedloop.config import ModelSpec, SelectionSpec
 from closedloop.errors import ClosedLoopError
@@ -13,12 +12,7 @@ from closedloop.model.worker import ACCURACY_EVERY, Learner, WorkerConfig
 from closedloop.stimuli import generate_pool
 
 
-@pytest.fixture(autouse=True)
-def threads():
-    """The Learner sets torch's threads ([model] threads, 1): put them back afterwards."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture
