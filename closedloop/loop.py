@@ -318,12 +318,13 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         final = worker.stop()
         _handle_worker(final, schedule, writer, progress, pool)
         writer.flush()
-        summary = _summary(protocol, rig, units, session_dir, progress, model_info,
+        record = read_session(session_dir)  # what is on disk is what we summarise
+        summary = _summary(protocol, rig, units, record, progress, model_info,
                            time.monotonic() - started, inlet, aligner)
         summary["clock"] = _clock_summary(rig, clock, progress)
         if photodiode is not None:
-            summary["photodiode"] = _photodiode_summary(read_session(session_dir).responses)
-        states = [s["state"] for s in read_session(session_dir).selections if "state" in s]
+            summary["photodiode"] = _photodiode_summary(record.responses)
+        states = [s["state"] for s in record.selections if "state" in s]
         summary["figures"] = [f.name for f in make_strategy(protocol.selection.strategy, protocol.selection.params)
                               .results(states, session_dir)]
         if on_progress:
@@ -430,8 +431,7 @@ def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progres
             raise ClosedLoopError(f"model worker failed: {payload.strip().splitlines()[-1]}")
 
 
-def _summary(protocol, rig, units, session_dir, progress, model_info, duration, inlet, aligner) -> dict:
-    record = read_session(session_dir)  # what is on disk is what we summarise
+def _summary(protocol, rig, units, record, progress, model_info, duration, inlet, aligner) -> dict:
     counts = {}
     for r in record.responses:
         counts.setdefault(r["role"], []).append(r["counts"])
@@ -439,7 +439,7 @@ def _summary(protocol, rig, units, session_dir, progress, model_info, duration, 
     turnaround = np.array(progress.turnaround_ms[1:] or [np.nan])
     return {
         "status": "complete",
-        "session": str(session_dir),
+        "session": str(record.path),
         "protocol": protocol.protocol.name,
         "rig": rig.rig.name,
         "strategy": protocol.selection.strategy,

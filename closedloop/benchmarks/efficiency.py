@@ -342,8 +342,7 @@ def simulate_session(world: TwinWorld, core: FeatureCore, pool_features: np.ndar
         return index
 
     while len(shown) < budget:
-        recent = set(shown[-no_repeat:])
-        allowed = np.array([i for i in range(len(pool)) if i not in recent])
+        allowed = np.setdiff1d(np.arange(len(pool)), shown[-no_repeat:])
         use = warm if len(shown) < warmup else chooser
         context = SelectionContext(allowed, pool, readout.draws(model.features[allowed]) if use.needs_model else None,
                                    model, tuple(world.names), np.array(shown, int),
