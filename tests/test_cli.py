@@ -21,11 +21,10 @@ def closedloop(*args, cwd=None) -> subprocess.CompletedProcess:
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
-    """The single error line (liblsl may add its own log lines to stderr)."""
+    """The error, which is all the command wrote to stderr: one line (no traceback, no liblsl log)."""
     assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("closedloop: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("closedloop: error:"), result.stderr
     return lines[0]
 
 

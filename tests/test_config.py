@@ -28,6 +28,14 @@ def test_model_paths_resolve_against_the_rig_file():
     assert rig.simulation.neurons[0].path == (ROOT / ".." / "shared" / "v4" / "compact_models").resolve()
 
 
+def _assert_one_line_naming(load, path: Path, text: str, message: str) -> None:
+    """Loading ``text`` from ``path`` fails with one line that names the file and says ``message``."""
+    path.write_text(text)
+    with pytest.raises(ClosedLoopError, match=message) as info:
+        load(path)
+    assert f" file {path}: " in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ("[protocol]\nname = 'x'\npresentations = -1\n", "field 'protocol.presentations'"),
     ("[protocol]\nname = 'x'\n[window]\nstart = 0.2\nend = 0.1\n", "field 'window'.*end must be after start"),
@@ -46,11 +54,7 @@ def test_model_paths_resolve_against_the_rig_file():
      "field 'selection': strategy 'adept': params.wieght: Extra inputs are not permitted"),
 ])
 def test_bad_protocols_name_the_file_and_field(tmp_path, text, message):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(ClosedLoopError, match=message) as info:
-        load_protocol(path)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    _assert_one_line_naming(load_protocol, tmp_path / "bad.toml", text, message)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -64,10 +68,7 @@ def test_bad_protocols_name_the_file_and_field(tmp_path, text, message):
      "field 'display.refresh_rate'"),
 ])
 def test_bad_rigs_name_the_file_and_field(tmp_path, text, message):
-    path = tmp_path / "rig.toml"
-    path.write_text(text)
-    with pytest.raises(ClosedLoopError, match=message):
-        load_rig(path)
+    _assert_one_line_naming(load_rig, tmp_path / "rig.toml", text, message)
 
 
 def test_missing_file_is_named(tmp_path):

@@ -43,9 +43,15 @@ class PhotodiodeInlet(InletThread):
         Its format, channel and threshold.
     on_light : callable(float)
         Receives each light change, seconds on this machine's clock.
+    max_latency : float
+        ``events`` only: longest delay (s) of an event on the network. An
+        event stream is silent between light changes, so once a pull finds
+        nothing newer, every light change up to ``max_latency`` s before it
+        is known.
     """
 
-    def __init__(self, info: pylsl.StreamInfo, spec: PhotodiodeSpec, on_light: Callable[[float], None]):
+    def __init__(self, info: pylsl.StreamInfo, spec: PhotodiodeSpec, on_light: Callable[[float], None],
+                 max_latency: float = 0.05):
         if spec.format == "analog" and (info.nominal_srate() <= 0 or info.channel_count() <= spec.channel):
             raise ClosedLoopError(f"LSL stream {info.name()!r}: an analog photodiode needs a regular rate "
                                   f"and channel {spec.channel}; found {info.channel_count()} channels at "
@@ -53,6 +59,7 @@ class PhotodiodeInlet(InletThread):
         super().__init__(info, max_buflen=60, thread_name="photodiode-inlet")
         self.spec = spec
         self._on_light = on_light
+        self.max_latency = max_latency
         self.covered_until = -np.inf  # s, local clock: every light change before this is known
         self.changes = 0
 
@@ -61,16 +68,19 @@ class PhotodiodeInlet(InletThread):
         while not self._stop.is_set():
             samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=4096,
                                                      min_samples=1, as_numpy=True)
-            if not len(stamps):
-                continue
+            pulled = pylsl.local_clock()
             stamps = stamps + self.offset
             if self.spec.format == "events":
                 lights = stamps
-            else:
+                heard = pulled - self.max_latency  # nothing newer by now: none before max_latency ago
+            elif len(stamps):
                 trace = samples[:, self.spec.channel]
                 lights = light_changes(trace, stamps, self.spec.threshold, previous)
                 previous = (float(stamps[-1]), float(trace[-1]))
+                heard = -np.inf  # a trace covers only the time its samples reached
+            else:
+                continue
             for light in lights:
                 self.changes += 1
                 self._on_light(float(light))
-            self.covered_until = float(stamps[-1])
+            self.covered_until = float(max(self.covered_until, heard, *stamps[-1:]))

@@ -102,21 +102,24 @@ class SpikeInlet(InletThread):
         newest = -np.inf  # s, local clock: the latest stamp seen, corrected
         held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # raw spikes awaiting the clock map
         next_clock = time.monotonic() + CLOCK_REFRESH
-        last_arrival = time.monotonic()
+        last_arrival = pylsl.local_clock()  # s, local clock: when the latest chunk was pulled
         while not self._stop.is_set():
             samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=MAX_CHUNK,
                                                      min_samples=1, as_numpy=True)
+            # One reading per pull for both the stall check and the tick, so a tick can never
+            # run past the last arrival while the silence is still shorter than stall_after.
+            pulled = pylsl.local_clock()
             if self.clock is None and time.monotonic() > next_clock:
                 self.offset = self._inlet.time_correction(timeout=1.0)
                 next_clock = time.monotonic() + CLOCK_REFRESH
-            if not len(stamps) and time.monotonic() - last_arrival > self.stall_after:
+            if not len(stamps) and pulled - last_arrival > self.stall_after:
                 if self.in_gap_since is None:
                     self.in_gap_since = newest if np.isfinite(newest) else pylsl.local_clock()
                     log.warning("spike stream %r: no samples for %.1f s; waiting for it to return",
                                 self.name, self.stall_after)
                 continue  # acquisition time stands still: no window closes on missing data
             if len(stamps):
-                last_arrival = time.monotonic()
+                last_arrival = pulled
                 if self.in_gap_since is not None:
                     self._end_gap(float(self._to_local(stamps[:1])[0]))
                 times, channels, units = self._decode(samples, stamps)
@@ -137,7 +140,7 @@ class SpikeInlet(InletThread):
             if self.clock is None or self.clock.ready:
                 # Silence confirms nothing until stall_after: a dead stream is silent too.
                 quiet = max(self.max_latency, self.stall_after)
-                self._on_tick(max(newest, pylsl.local_clock() - quiet))
+                self._on_tick(max(newest, pulled - quiet))
 
     def _end_gap(self, end: float) -> None:
         start, self.in_gap_since = self.in_gap_since, None

@@ -82,6 +82,8 @@ def test_rank_pool_picks_the_highest_and_lowest():
 def test_inspect_ranks_the_demo_set_by_default(model_path):
     result = inspect_model(model_path, steps=0)
     assert result.pool_name == f"demo ({len(result.values)} images, 112 px)" and len(result.values) > 32
+    assert list(result.top) == list(np.argsort(-result.values, kind="stable")[:16])
+    assert list(result.bottom) == list(np.argsort(result.values, kind="stable")[:16])
 
 
 def test_inspect_labels_folder_images_by_file(model_path, tmp_path):

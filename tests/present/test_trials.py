@@ -1,5 +1,6 @@
 """Fixation trials on the headless presenter, markers and gaze over real LSL."""
 
+import json
 import threading
 import time
 
@@ -18,20 +19,31 @@ LAYOUT = Layout(patch_px=8, patch_centre_px=(0.0, 0.0), fixation_px=4.0, backgro
 ITEMS = [Item(np.full((8, 8, 3), 40 * k, np.uint8), index=10 + k, stimulus=f"s{k}", info=k) for k in range(4)]
 
 
+END = json.dumps({"event": "end_of_test"})  # pushed after a trial: every marker before it has arrived
+
+
 def _marker_inlet(name: str) -> pylsl.StreamInlet:
-    inlet = pylsl.StreamInlet(pylsl.resolve_byprop("name", name, timeout=5)[0])
-    inlet.open_stream(timeout=5)
+    inlet = pylsl.StreamInlet(pylsl.resolve_byprop("name", name, timeout=10)[0])
+    inlet.open_stream(timeout=10)
     return inlet
 
 
-def _pull_until(inlet, event: str, timeout: float = 5.0) -> list[tuple[dict, float]]:
+def _pull_until(inlet, event: str, timeout: float = 10.0) -> list[tuple[dict, float]]:
     """Markers up to and including the first ``event`` one."""
     got, deadline = [], time.monotonic() + timeout
     while not any(m["event"] == event for m, _ in got):
-        assert time.monotonic() < deadline, f"no {event!r} marker; got {[m['event'] for m, _ in got]}"
-        samples, stamps = inlet.pull_chunk(timeout=0.2)
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {event!r} marker; got {[m['event'] for m, _ in got]}"
+        samples, stamps = inlet.pull_chunk(timeout=left, min_samples=1)
         got += [(parse_marker(s[0]), t) for s, t in zip(samples, stamps)]
     return got
+
+
+def _remaining_events(presenter, inlet) -> list[str]:
+    """The events of every marker not yet pulled from ``inlet``: an end marker is flipped after the
+    trial, and LSL keeps the order, so all of the trial's markers have arrived before it."""
+    presenter.blank(1, END)
+    return [m["event"] for m, _ in _pull_until(inlet, "end_of_test")][:-1]
 
 
 @pytest.fixture
@@ -54,24 +66,29 @@ def test_a_completed_trial_shows_everything_and_rewards_at_the_next_flip(rig):
     markers = _pull_until(inlet, "reward")
     events = [m["event"] for m, _ in markers]
     assert events == ["trial_start"] + ["onset", "offset"] * 4 + ["reward"]
+    assert markers[0][0]["trial"] == markers[-1][0]["trial"] == 7
     flips = presenter.take_flips()
-    # hold (6 frames at 120 Hz) before the first onset; the reward at the flip after the last image
-    (start, t0), (reward, t1) = markers[0], markers[-1]
-    assert start["trial"] == reward["trial"] == 7
-    assert markers[1][1] - t0 == pytest.approx(presenter.frames(0.05) / 120, abs=1e-9)
-    last_offset_flip = np.searchsorted(flips, outcome.shown[-1][1].offset)
-    assert t1 == outcome.reward == pytest.approx(flips[last_offset_flip + 2], abs=1e-9)  # 2 off frames, then the reward
-    assert len(flips) == 6 + 4 * 5 + 6  # hold (from the start flip), images, iti: every flip recorded
+    hold = presenter.frames(0.05)  # 6 frames at 120 Hz, counted from the trial_start flip
+    assert len(flips) == hold + 4 * 5 + 6  # hold, images, iti: every flip recorded
+    # Each marker at its own flip, counted in frames, whether or not a frame dropped on the way:
+    # the first onset after the hold, 3 on and 2 off frames per image, the reward right after.
+    image_flips = [hold + 5 * k + f for k in range(4) for f in (0, 3)]
+    assert [t for _, t in markers] == flips[[0, *image_flips, hold + 4 * 5]].tolist()
+    assert outcome.reward == markers[-1][1]
+    assert [(timing.onset, timing.offset) for _, timing in outcome.shown] == [
+        (flips[hold + 5 * k], flips[hold + 5 * k + 3]) for k in range(4)]
+    # and the flips lie on the 120 Hz frame clock: the hold lasted at least its 6 frames
+    frames = np.diff(flips) * 120
+    np.testing.assert_allclose(frames, np.round(frames), atol=1e-6)
+    assert round((flips[hold] - flips[0]) * 120) >= hold
 
 
 def test_no_reward_marker_when_the_protocol_gives_none(rig):
     presenter, inlet = rig
     outcome = run_trial(presenter, TrialSpec(images=1, hold=0.0, iti=0.0, reward=False), 0, lambda: ITEMS[:1],
                         on_frames=2, off_frames=1)
-    assert outcome.end == "completed"
-    events = [m["event"] for m, _ in _pull_until(inlet, "offset")]
-    samples, _ = inlet.pull_chunk(timeout=0.3)
-    assert "reward" not in events + [parse_marker(s[0])["event"] for s in samples]
+    assert outcome.end == "completed" and outcome.reward is None
+    assert _remaining_events(presenter, inlet) == ["trial_start", "onset", "offset"]  # and no reward
 
 
 def test_without_fixation_nothing_is_picked_or_shown(rig):
@@ -80,8 +97,7 @@ def test_without_fixation_nothing_is_picked_or_shown(rig):
     outcome = run_trial(presenter, TrialSpec(hold=0.05, acquire=0.1, iti=0.0), 3,
                         lambda: picked.append(1) or ITEMS, on_frames=3, off_frames=2, fixating=lambda: False)
     assert outcome.end == "no_fixation" and outcome.shown == [] and picked == []
-    events = [m["event"] for m, _ in _pull_until(inlet, "no_fixation")]
-    assert events == ["trial_start", "no_fixation"]
+    assert _remaining_events(presenter, inlet) == ["trial_start", "no_fixation"]
 
 
 def test_fixation_must_be_held_without_a_break(rig):
@@ -100,7 +116,11 @@ def test_fixation_must_be_held_without_a_break(rig):
 
 
 def test_a_gaze_break_aborts_the_image_and_leaves_the_rest_unshown(rig, stream_name):
-    """A real gaze outlet: the 'eye' leaves the window when it sees presentation 11's onset."""
+    """A real gaze outlet: the 'eye' leaves the window when it sees presentation 11's onset.
+
+    Images are on for 1 s, so the eye has that long to see the onset and look
+    away; the trial goes on only until it has.
+    """
     presenter, inlet = rig
     info = pylsl.StreamInfo(f"{stream_name}-gaze", "Gaze", 2, 500.0, pylsl.cf_float32, f"{stream_name}-gaze")
     eye_out = pylsl.StreamOutlet(info)
@@ -108,20 +128,22 @@ def test_a_gaze_break_aborts_the_image_and_leaves_the_rest_unshown(rig, stream_n
     stop, looked_away = threading.Event(), threading.Event()
 
     def eye():
+        """A gaze sample after every marker and at least every 10 ms (fresh, see ``STALE``)."""
         while not stop.is_set():
-            samples, _ = watch.pull_chunk(timeout=0.0)
-            if any(parse_marker(s[0]) == {"event": "onset", "index": 11, "stimulus": "s1"} for s in samples):
+            marker, _ = watch.pull_sample(timeout=0.01)  # back as soon as a marker comes
+            if marker is not None and parse_marker(marker[0]) == {"event": "onset", "index": 11,
+                                                                  "stimulus": "s1"}:
                 looked_away.set()
             eye_out.push_sample([8.0, 0.0] if looked_away.is_set() else [0.3, -0.2], pylsl.local_clock())
-            time.sleep(0.002)
 
     thread = threading.Thread(target=eye, daemon=True)
     thread.start()
-    gaze = GazeInlet(pylsl.resolve_byprop("name", f"{stream_name}-gaze", timeout=5)[0])
+    gaze = GazeInlet(pylsl.resolve_byprop("name", f"{stream_name}-gaze", timeout=10)[0])
     gaze.start()
     try:
-        outcome = run_trial(presenter, TrialSpec(images=4, hold=0.05, acquire=5.0, iti=0.0), 1, lambda: ITEMS,
-                            on_frames=60, off_frames=6, fixating=lambda: gaze.fixating(2.0))
+        spec = TrialSpec(images=4, hold=0.05, acquire=10.0, iti=0.0)
+        outcome = run_trial(presenter, spec, 1, lambda: ITEMS, on_frames=120, off_frames=6,
+                            fixating=lambda: gaze.fixating(2.0))
     finally:
         stop.set()
         thread.join()
@@ -132,10 +154,9 @@ def test_a_gaze_break_aborts_the_image_and_leaves_the_rest_unshown(rig, stream_n
     assert [(item.index, timing.aborted) for item, timing in outcome.shown] == [(10, False), (11, True)]
     assert [item.index for item in outcome.unshown] == [12, 13]
     broken = outcome.shown[1][1]
-    assert broken.offset - broken.onset < 60 / 120  # taken off before its 60 frames
+    assert broken.offset - broken.onset < 120 / 120  # taken off before its 120 frames
     markers = _pull_until(inlet, "fixation_break")
     assert [m["event"] for m, _ in markers] == ["trial_start", "onset", "offset", "onset", "offset",
                                                 "fixation_break"]
     assert markers[-1][0]["index"] == 11 and markers[-1][1] == markers[-2][1] == broken.offset
-    samples, _ = inlet.pull_chunk(timeout=0.3)
-    assert "reward" not in [parse_marker(s[0])["event"] for s in samples]
+    assert _remaining_events(presenter, inlet) == []  # no reward after a break

@@ -1,4 +1,5 @@
-"""Synthesis strategies: new images that a real (small) online ensemble predicts higher."""
+"""Synthesis strategies: new images that a real (small) online ensemble predicts higher, and
+evolution's guarantees against a stand-in ensemble whose tuning is known exactly."""
 
 from __future__ import annotations
 
@@ -121,24 +122,98 @@ def test_ascent_of_one_image_is_the_inspect_synthesis():
 
 
 # --------------------------------------------------------------------- evolution --
-def test_evolution_returns_contours_at_least_as_good_as_the_first_population(live):
-    pool, ensemble = live
-    size, allowed = len(pool), np.arange(len(pool))
-    contours = np.array([f == "contour" for f in pool.families])
-    best_first = _target(ensemble, allowed[contours], "b").max()
-    strategy = make_strategy("evolution", {"unit": "b", "population": 8, "generations": 3})
-    chosen, scores = strategy.choose(_context(pool, ensemble, allowed), 3, np.random.default_rng(0))
-    assert len(chosen) == 3 and np.all(np.diff(scores) <= 0)
-    np.testing.assert_allclose(scores, _target(ensemble, chosen, "b"), rtol=1e-5)
-    assert scores[0] >= best_first
-    assert strategy.state()["first_best"] == pytest.approx(best_first, rel=1e-5)
-    assert strategy.state()["best"] == pytest.approx(scores[0])
-    assert len(pool) > size  # some winners are new contours
+class _KnownTuning:
+    """A stand-in for the live ensemble whose responses are known exactly (one member, units a
+    and b), so what evolution must find follows from its guarantees, not from a trained model.
+
+    Unit a is tuned to one image, ``favourite``: minus the mean absolute pixel difference from it
+    (0 at the favourite, below 0 anywhere else). Unit b is tuned to novelty: the mean absolute pixel
+    difference from the nearest of ``known`` (0 for every known image, above 0 for any other).
+    """
+
+    def __init__(self, favourite: np.ndarray, known: np.ndarray):
+        self.favourite = favourite.astype(float)
+        self.known = known.astype(float)
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Expected counts (1, 2, B) for (B, N, N, 3) uint8 images, as OnlineEnsemble.predict_images."""
+        x = images.astype(float)
+        a = -np.abs(x - self.favourite).mean(axis=(1, 2, 3))
+        b = np.array([np.abs(image - self.known).mean(axis=(1, 2, 3)).min() for image in x])
+        return np.stack([a, b])[None]
+
+
+def _known_context(favourite_index: int = 0):
+    """A fresh pool, a :class:`_KnownTuning` over it (unit a tuned to pool image
+    ``favourite_index``, unit b to images not in the pool) and the worker's context for it."""
+    pool = _pool()
+    model = _KnownTuning(pool.images[favourite_index], pool.images)
+    allowed = np.arange(len(pool))
+    return pool, model, SelectionContext(allowed, pool, model.predict_images(pool.images), model, UNITS,
+                                         add_images=pool.append)
+
+
+def _assert_renderable_contours(pool, chosen):
     for index in chosen:
         assert pool.families[index] == "contour"
         params = ContourParams.model_validate(pool.params[index]).model_dump(mode="json")
         assert params == pool.params[index]
         assert np.array_equal(render_stimulus("contour", params, SIZE), pool.images[index])
+
+
+def test_evolution_returns_contours_at_least_as_good_as_the_first_population(live):
+    pool, ensemble = live
+    allowed = np.arange(len(pool))
+    contours = np.array([f == "contour" for f in pool.families])
+    best_first = _target(ensemble, allowed[contours], "b").max()
+    strategy = make_strategy("evolution", {"unit": "b", "population": 8, "generations": 3})
+    chosen, scores = strategy.choose(_context(pool, ensemble, allowed), 3, np.random.default_rng(0))
+    assert len(chosen) == 3 and np.all(np.diff(scores) <= 0)
+    np.testing.assert_allclose(scores, _target(ensemble, chosen, "b"), rtol=1e-5)  # the live ensemble's scores
+    assert strategy.state()["first_best"] == pytest.approx(best_first, rel=1e-5)
+    assert scores[0] >= best_first  # elitism: the first population's best survives unless beaten
+    assert strategy.state()["best"] == pytest.approx(scores[0])
+    _assert_renderable_contours(pool, chosen)
+
+
+def test_evolution_finds_new_contours_for_a_unit_tuned_to_what_the_pool_lacks():
+    # Unit b gives 0 to every pool image, so to the whole first population, and more to any image
+    # not in the pool: every child (a mutated contour) that renders to new pixels beats them all,
+    # so the winners are children, added to the pool once each.
+    pool, model, context = _known_context()
+    size = len(pool)
+    strategy = make_strategy("evolution", {"unit": "b", "population": 8, "generations": 3})
+    chosen, scores = strategy.choose(context, 3, np.random.default_rng(0))
+    assert strategy.state()["first_best"] == 0
+    assert chosen.tolist() == [size, size + 1, size + 2] and len(pool) == size + 3
+    assert np.all(scores > 0) and np.all(np.diff(scores) <= 0)
+    np.testing.assert_array_equal(scores, model.predict_images(pool.images[chosen])[0, 1])
+    assert strategy.state()["best"] == scores[0]
+    _assert_renderable_contours(pool, chosen)
+
+
+def test_evolution_keeps_a_first_population_member_that_no_child_beats():
+    # Unit a is tuned to one pool contour exactly: every child (a changed contour) scores below it,
+    # so only elitism returns it, and it is found in the pool rather than added again.
+    favourite = 3
+    pool, _, context = _known_context(favourite)
+    assert pool.families[favourite] == "contour"
+    strategy = make_strategy("evolution", {"unit": "a", "population": 8, "generations": 3})
+    chosen, scores = strategy.choose(context, 3, np.random.default_rng(0))
+    assert chosen[0] == favourite and scores[0] == 0 and np.all(scores[1:] < 0)
+    assert strategy.state() == {"first_best": 0, "best": 0}
+
+
+def test_evolution_never_loses_its_best_over_generations():
+    # The same seed draws the same first population and the same mutations, so a run of g + 1
+    # generations continues the run of g; the best after each generation can only rise.
+    bests = []
+    for generations in range(1, 6):
+        _, _, context = _known_context()
+        strategy = make_strategy("evolution", {"unit": "b", "population": 4, "generations": generations})
+        _, scores = strategy.choose(context, 1, np.random.default_rng(2))
+        bests.append(scores[0])
+    assert np.all(np.diff(bests) >= 0), bests
 
 
 def test_evolution_starts_from_random_contours_when_none_are_allowed(live):
