@@ -247,8 +247,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
 
         clock = ClockMap() if rig.clock.sync == "events" else None
         if photodiode_info is not None:
-            photodiode = PhotodiodeInlet(photodiode_info, rig.photodiode,
-                                         aligner.add_light)
+            photodiode = PhotodiodeInlet(photodiode_info, rig.photodiode, aligner.add_light,
+                                         max_latency=rig.max_latency)
             photodiode.start()
         inlet = SpikeInlet(spike_info, on_spikes, on_tick, rig.max_latency, rig.spikes,
                            channels=max(u.channel for u in units), clock=clock,

@@ -52,6 +52,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def _wait_until(condition, what: str, timeout: float = 10.0, poll: float = 0.005) -> None:
+    """Return as soon as ``condition()`` holds (polled every ``poll`` s); fail naming ``what`` after
+    ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(poll)
+
+
+@pytest.fixture(scope="session")
+def wait_until():
+    """``wait_until(condition, what, timeout=10)``: wait on a condition, never blindly."""
+    return _wait_until
+
+
 @pytest.fixture
 def stream_name(request) -> str:
     """A unique LSL stream name, so tests never see each other's outlets."""

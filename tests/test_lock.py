@@ -53,7 +53,7 @@ def test_every_dependency_is_pinned_and_installed_at_its_pin():
     unpinned = sorted(set(closure) - set(lock))
     assert not unpinned, f"not in requirements.lock (refresh it: README, Quick start): {unpinned}"
     drift = {name: (version, lock[name]) for name, version in closure.items() if version != lock[name]}
-    assert not drift, f"installed (left) differs from requirements.lock (right); install with the README's command: {drift}"
+    assert not drift, f"installed (left) is not requirements.lock's pin (right); use the README's command: {drift}"
 
 
 def test_the_build_backend_and_torch_are_pinned_as_the_lock_says():

@@ -2,29 +2,57 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+import uuid
+
 import numpy as np
 import pytest
 
 from closedloop.config import load_protocol, load_rig
 from closedloop.loop import run_session
+from closedloop.present.headless import HeadlessPresenter
 from closedloop.record import read_session
 
 PRESENTATIONS = 220
-# Held-out r (against the true rates) of the best simulated neuron after 220 presentations:
-# measured 0.62, 0.67, 0.56 in three runs. Chance level over 60 held-out images is about 0.3
-# at the 95th percentile for the best of three units.
-R_TRUE_THRESHOLD = 0.4
+# The held-out r against the true rates, averaged over the three units, must rise by RISE from
+# the first accuracy report (a readout fitted to about 8 responses) to the last (about 150). A
+# model that learned nothing more would move between two reports only by refitting noise: r over
+# 60 held-out images spreads by about 1/sqrt(57) = 0.13 per unit, 0.075 for a mean of three;
+# RISE is twice that. The case is built to rise: units this small model learns from 150 responses
+# (a curvature unit and two dot detectors; the built-in orientation unit barely learns at 32 px),
+# driven at 120 spikes/s (at 60, seed 3 once rose by only 0.17). Over protocol seeds 1-8, run
+# alone or beside two CPU hogs, the rise was 0.35-0.67.
+RISE = 0.15
+LEARNABLE = (('kind = "orientation"', 'kind = "dot"\nradius = 0.1'), ("mean_rate = 60.0", "mean_rate = 120.0"))
 # The simulated eye breaks fixation at random, about 20 times in a run of about 40 s: the chance
 # of no break at all is e^-20.
 FIXATION_BREAKS = 0.5  # per s
+STALL_AT = 300  # flips before the presentation loop is held up once, for 2 frames, during an image
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory, sim_files):
     tmp = tmp_path_factory.mktemp("loop")
-    sim_files.rig(tmp / "rig.toml", f"cltest-loop-{tmp.name}", fixation_breaks=FIXATION_BREAKS)
+    sim_files.rig(tmp / "rig.toml", f"cltest-loop-{uuid.uuid4().hex[:8]}", fixation_breaks=FIXATION_BREAKS)
+    rig_text = (tmp / "rig.toml").read_text()
+    for old, new in LEARNABLE:
+        assert old in rig_text
+        rig_text = rig_text.replace(old, new)
+    (tmp / "rig.toml").write_text(rig_text)
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
-    summary = run_session(load_protocol(tmp / "protocol.toml"), load_rig(tmp / "rig.toml"), tmp / "session")
+    flip, count, stalled = HeadlessPresenter._flip, itertools.count(), []
+
+    def stalling_flip(presenter, show_image, markers):
+        """Once, in the middle of an image, start a flip 2 frames late (a frame dropped under load)."""
+        if next(count) >= STALL_AT and show_image and not markers and not stalled:
+            stalled.append(True)
+            time.sleep(2 * presenter.frame_period)
+        return flip(presenter, show_image, markers)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HeadlessPresenter, "_flip", stalling_flip)
+        summary = run_session(load_protocol(tmp / "protocol.toml"), load_rig(tmp / "rig.toml"), tmp / "session")
     return summary, read_session(tmp / "session")
 
 
@@ -61,9 +89,10 @@ def test_driven_responses_exceed_baseline(session):
 
 def test_heldout_accuracy_rises(session):
     summary, record = session
-    assert max(summary["heldout_r_true"]) > R_TRUE_THRESHOLD
     first, last = record.accuracy[0], record.accuracy[-1]
-    assert last["responses"] > first["responses"] and len(last["r_true"]) == 3
+    assert first["responses"] < 20 and last["responses"] > 120
+    assert len(first["r_true"]) == len(last["r_true"]) == 3 and last["r_true"] == summary["heldout_r_true"]
+    assert np.mean(last["r_true"]) > np.mean(first["r_true"]) + RISE
     assert summary["accuracy_over_time"][-1]["responses"] == last["responses"]
 
 
@@ -78,9 +107,9 @@ def test_selections_and_summary_are_recorded(session):
     assert record.protocol["protocol"]["name"] == "short" and record.rig["rig"]["name"] == "test-sim"
 
 
-def test_a_binned_count_stream_feeds_the_same_loop(tmp_path, sim_files):
+def test_a_binned_count_stream_feeds_the_same_loop(tmp_path, sim_files, stream_name):
     """The simulated rig publishes 1 kHz counts instead of events; the loop runs unchanged."""
-    sim_files.rig(tmp_path / "rig.toml", f"cltest-counts-{tmp_path.name}")
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
     text = (tmp_path / "rig.toml").read_text()
     (tmp_path / "rig.toml").write_text(text.replace('type = "Spikes"\n', 'type = "Spikes"\nformat = "counts"\nrate = 1000.0\n'))
     sim_files.protocol(tmp_path / "protocol.toml", 40)
@@ -97,9 +126,9 @@ def test_a_binned_count_stream_feeds_the_same_loop(tmp_path, sim_files):
     assert counts.mean() > 3 * record.rig["simulation"]["baseline_rate"] * window
 
 
-def test_an_hour_of_clock_offset_and_100_ppm_drift_are_aligned(tmp_path, sim_files):
+def test_an_hour_of_clock_offset_and_100_ppm_drift_are_aligned(tmp_path, sim_files, stream_name):
     """The simulated acquisition clock runs an hour ahead and 100 ppm fast; sync events align it."""
-    sim_files.rig(tmp_path / "rig.toml", f"cltest-clock-{tmp_path.name}")
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
     text = (tmp_path / "rig.toml").read_text()
     text = text.replace("[simulation]\n", "[clock]\nsync = \"events\"\n[simulation]\n"
                         "clock_offset = 3600.0\nclock_drift_ppm = 100.0\n")
@@ -119,11 +148,11 @@ def test_an_hour_of_clock_offset_and_100_ppm_drift_are_aligned(tmp_path, sim_fil
     assert counts.mean() > 3 * record.rig["simulation"]["baseline_rate"] * window
 
 
-def test_a_photodiode_moves_each_onset_to_the_light(tmp_path, sim_files):
+def test_a_photodiode_moves_each_onset_to_the_light(tmp_path, sim_files, stream_name):
     """The simulated monitor lights up 12 ms after each flip; the photodiode finds every one."""
-    sim_files.rig(tmp_path / "rig.toml", f"cltest-pd-{tmp_path.name}")
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
     text = (tmp_path / "rig.toml").read_text()
-    text = text.replace("[simulation]\n", f"[photodiode]\nname = \"cltest-pd-{tmp_path.name}-light\"\n"
+    text = text.replace("[simulation]\n", f"[photodiode]\nname = \"{stream_name}-light\"\n"
                         "type = \"Photodiode\"\n[simulation]\ndisplay_lag = 0.012\n")
     (tmp_path / "rig.toml").write_text(text)
     sim_files.protocol(tmp_path / "protocol.toml", 40)
@@ -170,14 +199,31 @@ def test_fixation_breaks_requeue_what_they_cut(session):
 
 
 def test_every_flip_is_recorded(session):
+    """Every flip is on disk, on the 60 Hz virtual clock: each frame interval is a whole number of
+    refresh periods, and exactly the longer ones count as dropped, in the summary and in each
+    presentation's marker. A frame dropped under load changes the counts, never the contract."""
     summary, record = session
     frames = record.frames
+    period = 1.0 / record.rig["display"]["refresh_rate"]
     assert len(frames) == summary["frames"]["count"] > 5 * PRESENTATIONS
-    assert np.all(np.diff(frames) > 0)
-    flips = set(frames.tolist())
-    assert all(m["onset"] in flips and m["offset"] in flips for m in record.markers)
-    assert summary["frames"]["dropped_in_presentations"] == sum(m["dropped_frames"] for m in record.markers)
-    assert summary["frames"]["interval_median_ms"] == pytest.approx(1e3 / 60, abs=0.01)
+    periods = np.diff(frames) / period
+    whole = np.round(periods)
+    np.testing.assert_allclose(periods, whole, rtol=0, atol=1e-6)  # flips on refresh boundaries only
+    assert whole.min() == 1
+    assert summary["frames"]["dropped"] == np.sum(whole > 1)
+    assert summary["frames"]["interval_median_ms"] == round(float(np.median(np.diff(frames))) * 1e3, 3)
+    on_frames, off_frames = record.protocol["protocol"]["on_frames"], record.protocol["protocol"]["off_frames"]
+    at = {t: k for k, t in enumerate(frames.tolist())}
+    for m in record.markers:
+        first = at[m["onset"]]  # the presentation's flips are consecutive flips of the session
+        flips = frames[first:first + len(m["frame_intervals"]) + 1]
+        assert np.diff(flips).tolist() == m["frame_intervals"]
+        assert m["dropped_frames"] == np.sum(np.round(np.diff(flips) / period) > 1)
+        if not m.get("aborted"):  # whole frames: the image stays for on_frames flips, then off_frames
+            assert len(flips) == on_frames + off_frames and m["offset"] == flips[on_frames]
+        else:
+            assert m["offset"] in flips.tolist()
+    assert summary["frames"]["dropped_in_presentations"] == sum(m["dropped_frames"] for m in record.markers) >= 1
 
 
 def test_the_ensemble_is_checkpointed_in_the_session(session):

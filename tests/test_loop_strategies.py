@@ -3,6 +3,8 @@ decides, and synthesis whose new images the presenter shows and the simulated ne
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ steps = 4
 
 
 def _run(tmp, sim_files, name, selection, presentations):
-    sim_files.rig(tmp / "rig.toml", f"cltest-{name}-{tmp.name}")
+    sim_files.rig(tmp / "rig.toml", f"cltest-{name}-{uuid.uuid4().hex[:8]}")
     sim_files.protocol(tmp / "protocol.toml", presentations)
     text = (tmp / "protocol.toml").read_text()
     start, end = text.index("[selection]"), text.index("[heldout]")

@@ -110,7 +110,10 @@ class SpikeInlet(InletThread):
             # run past the last arrival while the silence is still shorter than stall_after.
             pulled = pylsl.local_clock()
             if self.clock is None and time.monotonic() > next_clock:
-                self.offset = self._inlet.time_correction(timeout=1.0)
+                try:
+                    self.offset = self._inlet.time_correction(timeout=1.0)
+                except pylsl.util.TimeoutError:  # a reconnected stream needs a new estimate (about 1 s):
+                    log.warning("spike stream %r: no clock offset within 1 s; keeping the last one", self.name)
                 next_clock = time.monotonic() + CLOCK_REFRESH
             if not len(stamps) and pulled - last_arrival > self.stall_after:
                 if self.in_gap_since is None:

@@ -32,15 +32,22 @@ def test_everything_written_reads_back(tmp_path, pool):
     assert record.summary == {"presentations": 1}
 
 
-def test_records_are_on_disk_before_close(tmp_path, pool):
-    """A killed run keeps what was logged: each record is flushed as it is written."""
+def test_each_record_is_on_disk_as_soon_as_it_is_written(tmp_path, pool, wait_until):
+    """A killed run keeps what was logged: the writer flushes every record by itself. Each one is
+    read back through a separate handle (as after a kill) before the next is logged; nothing
+    calls ``flush`` or ``close``."""
     writer = SessionWriter(tmp_path / "s", {}, {}, pool)
-    writer.log("responses", {"index": 0, "counts": [4]})
-    writer.spikes(np.array([0.1]), np.array([1]), np.array([1]))
-    writer.flush()
-    record = read_session(tmp_path / "s")  # read while the writer is still open
-    assert record.responses == [{"index": 0, "counts": [4]}]
-    assert len(record.spikes) == 1 and record.summary is None
+    for i in range(3):
+        writer.log("responses", {"index": i, "counts": [i]})
+        wait_until(lambda: len(read_session(tmp_path / "s").responses) == i + 1, f"response {i}")
+        writer.spikes(np.array([0.1 * i]), np.array([1]), np.array([i]))
+        wait_until(lambda: len(read_session(tmp_path / "s").spikes) == i + 1, f"spike {i}")
+        writer.frames(np.array([0.5 * i]))
+        wait_until(lambda: len(read_session(tmp_path / "s").frames) == i + 1, f"frame {i}")
+    record = read_session(tmp_path / "s")
+    assert record.responses == [{"index": i, "counts": [i]} for i in range(3)]
+    assert record.spikes["unit"].tolist() == [0, 1, 2] and record.frames.tolist() == [0.0, 0.5, 1.0]
+    assert record.summary is None
     writer.close()
 
 
