@@ -9,10 +9,10 @@ from closedloop.replay.session_replay import replay
 from closedloop.replay.sources import open_source
 
 
-def test_a_resumed_session_replays_both_workers(tmp_path, sim_files):
+def test_a_resumed_session_replays_both_workers(tmp_path, sim_files, stream_name):
     """A session of 20 presentations, resumed (``closedloop resume``) to 36: the second worker
     learns the recorded responses first, then goes on; both are made again decision by decision."""
-    sim_files.rig(tmp_path / "rig.toml", f"cltest-resume-{tmp_path.name}")
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
     sim_files.protocol(tmp_path / "protocol.toml", 20)
     text = (tmp_path / "protocol.toml").read_text()
     for old, new in (("contour = 100, dot = 80, grating = 80, texture = 80", "contour = 40, dot = 30, grating = 30"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 
 import neo
 import numpy as np
@@ -32,7 +33,7 @@ def session(tmp_path_factory, sim_files):
     """A short live session chosen by ensemble disagreement; a small pool and model, so cores are
     retrained often."""
     tmp = tmp_path_factory.mktemp("replay")
-    sim_files.rig(tmp / "rig.toml", f"cltest-replay-{tmp.name}")
+    sim_files.rig(tmp / "rig.toml", f"cltest-replay-{uuid.uuid4().hex[:8]}")
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
     text = (tmp / "protocol.toml").read_text()
     for old, new in (('strategy = "random"', 'strategy = "disagreement"'), ("warmup = 20", "warmup = 12"),

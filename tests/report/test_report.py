@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ KEPT = 25  # presentations left in the partial copy
 def session(tmp_path_factory, sim_files) -> Path:
     """A real 40-presentation session on the simulated rig (three units, random selection)."""
     tmp = tmp_path_factory.mktemp("report")
-    sim_files.rig(tmp / "rig.toml", f"cltest-report-{tmp.name}")
+    sim_files.rig(tmp / "rig.toml", f"cltest-report-{uuid.uuid4().hex[:8]}")
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
     run_session(load_protocol(tmp / "protocol.toml"), load_rig(tmp / "rig.toml"), tmp / "session")
     return tmp / "session"
