@@ -185,6 +185,11 @@ class OnlineEnsemble:
             self.retraining = False
         return True
 
+    def wait_retrained(self, timeout: float = 300.0) -> bool:
+        """Wait (at most ``timeout`` s) until the background retraining in flight is done, without
+        swapping it in; returns whether retrained cores are ready to swap."""
+        return self.retraining and self._background and self._retrained.wait(timeout)
+
     def update(self) -> None:
         """Swap in retrained cores if ready, refit the readouts, start the next retraining."""
         self.swap()

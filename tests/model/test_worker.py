@@ -35,7 +35,9 @@ def _responses(n: int) -> list[tuple[int, np.ndarray, bool]]:
 def test_a_live_learner_is_made_again_from_its_log(config):
     """Batches of varying size; the background thread swaps cores in whenever it is done. The replay
     gets the batches from ``received`` and swaps where ``core_version`` rose: the same decisions
-    and the same accuracy reports, bit for bit."""
+    and the same accuracy reports, bit for bit. Before two of the steps the test waits for the
+    retraining in flight, so at least two swaps happen however busy the machine is; the others
+    fall wherever the background thread's timing puts them."""
     responses = _responses(80)
     sizes = np.random.default_rng(2).integers(1, 5, 40)
     live_messages: list[tuple[str, dict]] = []
@@ -43,9 +45,11 @@ def test_a_live_learner_is_made_again_from_its_log(config):
     try:
         live.begin(lambda kind, payload: live_messages.append((kind, payload)))
         start = 0
-        for size in sizes:
+        for step, size in enumerate(sizes):
             if start >= len(responses):
                 break
+            if step in (8, 16):
+                assert live.ensemble.wait_retrained(timeout=120)
             live.step(responses[start:start + size], 0.0, lambda k, p: live_messages.append((k, p)))
             start += size
         live.finish(lambda k, p: live_messages.append((k, p)))
