@@ -2,7 +2,6 @@
 then matched to flips by the response aligner as the live loop wires them."""
 
 import threading
-import time
 
 import numpy as np
 import pylsl
@@ -11,14 +10,6 @@ import pytest
 from closedloop.acquire.photodiode import PhotodiodeInlet
 from closedloop.align.windows import ResponseAligner
 from closedloop.config import PhotodiodeSpec
-
-
-def _wait_until(condition, what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` every 5 ms until it holds; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
 
 
 class _Lights:
@@ -67,7 +58,7 @@ def _trace(t: np.ndarray, starts: list[float]) -> np.ndarray:
     return trace
 
 
-def test_analog_light_changes_are_interpolated_and_found_across_chunks(stream_name):
+def test_analog_light_changes_are_interpolated_and_found_across_chunks(stream_name, wait_until):
     """The 0.5 crossings fall between samples (0.2, 0.8 and 0.6 of a sample after one): the onset is
     the interpolated time, to a microsecond, not a sample; the second lies between the last sample of
     one pulled chunk and the first of the next."""
@@ -83,11 +74,11 @@ def test_analog_light_changes_are_interpolated_and_found_across_chunks(stream_na
         split = 52  # chunk 1 ends at sample 51, below 0.5 on the second ramp; chunk 2 goes on
         assert trace[split - 1] < 0.5 <= trace[split]
         outlet.push_chunk(trace[:split, None], t[:split])
-        _wait_until(lambda: inlet.covered_until >= t[split - 1] + inlet.offset - 1e-9, "chunk 1 not pulled")
+        wait_until(lambda: inlet.covered_until >= t[split - 1] + inlet.offset - 1e-9, "chunk 1 not pulled")
         assert lights.times == pytest.approx([crossings[0] + inlet.offset], abs=1e-6)
         outlet.push_chunk(trace[split:, None], t[split:])
         lights.wait(3)
-        _wait_until(lambda: inlet.covered_until >= t[-1] + inlet.offset - 1e-9, "chunk 2 not pulled")
+        wait_until(lambda: inlet.covered_until >= t[-1] + inlet.offset - 1e-9, "chunk 2 not pulled")
     finally:
         inlet.stop()
     np.testing.assert_allclose(lights.times, crossings + inlet.offset, rtol=0, atol=1e-6)
@@ -95,7 +86,7 @@ def test_analog_light_changes_are_interpolated_and_found_across_chunks(stream_na
     assert inlet.error is None
 
 
-def test_events_move_each_onset_to_its_first_light_within_max_delay(stream_name):
+def test_events_move_each_onset_to_its_first_light_within_max_delay(stream_name, wait_until):
     """A photodiode that sends one sample per light change, into the aligner as the loop wires it
     (light window = ``max_delay``). Flips 0.2 s apart; per flip, the light (s after the flip):
 
@@ -124,7 +115,7 @@ def test_events_move_each_onset_to_its_first_light_within_max_delay(stream_name)
         aligner.add_onset(5, flips[5], {"k": 5})
         aligner.add_onset(6, flips[6], {"k": 6})
         # The loop completes an onset once the photodiode has covered max_delay after its flip.
-        _wait_until(lambda: inlet.covered_until - spec.max_delay > flips[6],
+        wait_until(lambda: inlet.covered_until - spec.max_delay > flips[6],
                     "the photodiode stream never covered the last flip's max_delay")
         responses = aligner.complete(np.inf, settled=inlet.covered_until - spec.max_delay)
     finally:

@@ -1,7 +1,6 @@
 """Real LSL over loopback: outlets are opened in the test, inlets closed first."""
 
 import threading
-import time
 
 import numpy as np
 import pylsl
@@ -16,14 +15,6 @@ from closedloop.errors import ClosedLoopError
 def _discoverable(name: str) -> None:
     """Wait (up to 10 s, back as soon as it answers) until an outlet named ``name`` answers queries."""
     assert pylsl.resolve_byprop("name", name, timeout=10), f"outlet {name!r} never answered"
-
-
-def _wait_until(condition, what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` every 5 ms until it holds; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
 
 
 def test_every_spike_arrives_with_its_channel_unit_and_time(stream_name):
@@ -139,7 +130,7 @@ def test_a_stray_outlet_with_the_same_name_is_refused(stream_name):
     del stray, real
 
 
-def test_a_stream_that_drops_out_and_returns_leaves_a_recorded_gap(stream_name):
+def test_a_stream_that_drops_out_and_returns_leaves_a_recorded_gap(stream_name, wait_until):
     """The outlet vanishes (acquisition software restarts) and comes back with the same source_id."""
     spec = StreamSpec(name=stream_name, type="Spikes")
     outlet = pylsl.StreamOutlet(spike_stream_info(spec, "nsp"))
@@ -164,7 +155,7 @@ def test_a_stream_that_drops_out_and_returns_leaves_a_recorded_gap(stream_name):
     assert first.wait(10), "the first spikes did not arrive"
     lost_at = pylsl.local_clock()  # after the last sample's arrival
     del outlet  # gone
-    _wait_until(lambda: inlet.in_gap_since is not None, "the inlet did not notice the silence")
+    wait_until(lambda: inlet.in_gap_since is not None, "the inlet did not notice the silence")
     frozen = len(ticks)
     assert max(ticks) <= lost_at  # acquisition time never passed the last data it had
     outlet = pylsl.StreamOutlet(spike_stream_info(spec, "nsp"))  # the restart
