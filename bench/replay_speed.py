@@ -5,18 +5,19 @@ pool (``stimuli/demo.toml``, about 1000 images at 112 px), one marker per presen
 spike and every response. Trials of 4 images, 100 ms on and 67 ms off, with a 0.3 s fixation hold
 and 0.5 s between trials; every 5th image held out; ``--units`` units firing at 4 spikes/s and,
 from 50 to 150 ms after an onset, at a rate drawn per (unit, image) around 24 spikes/s (lognormal).
-The model is ``protocols/demo.toml``'s (disagreement, 5 members), with ``--units`` outputs.
+The model is ``protocols/demo.toml``'s (disagreement, the scratch core), with ``--units`` outputs.
 
 Two pacings are timed (see ``closedloop.replay.session_replay``):
 
-* **faithful**: the session's own batches and core swaps, every decision made again. Its log is
-  made here for the first ``--faithful-minutes`` as the live worker makes it, one decision per
-  response: the Learner steps through the responses at their window ends, and a core retraining
-  started at one response is swapped in at the first response after it would have finished (it
-  takes ``R`` s, measured here). Live, that retraining runs back to back, so replaying it is about
-  as slow as the session was: the multiple printed is what this machine does.
-* **fast**: the whole hour, a decision every ``--every`` responses, cores every ``--retrain-every``,
-  accuracy every ``--accuracy-every`` (decisions not reproduced).
+* **faithful**: the session's own batches and refresh swaps, every decision made again. Its log
+  (and its ``cores/``) is made here for the first ``--faithful-minutes`` as the live worker makes
+  it, one decision per response: the worker state steps through the responses at their window
+  ends, and a refresh started at one response is swapped in at the first response after it would
+  have finished (it takes as long as it took here). The replay reads the fine-tuned cores back
+  instead of training them, as ``closedloop replay`` does with a session directory.
+* **fast**: the whole hour, a decision every ``--every`` responses, refreshes swapped in every
+  ``--refresh-every``, accuracy every ``--accuracy-every`` (decisions not reproduced; cores are
+  fine-tuned here).
 
     python bench/replay_speed.py --units 32 --faithful-minutes 3
 """
@@ -36,10 +37,11 @@ import torch
 
 from closedloop.config import UnitSpec, load_protocol, to_jsonable
 from closedloop.loop import candidate_pool, split_pool
-from closedloop.model.worker import Learner, WorkerConfig
+from closedloop.learn.worker import Accuracy, Choice, Response, Stopped, WorkerConfig, WorkerState, cores_folder
 from closedloop.record import SessionWriter
 from closedloop.replay.session_replay import Cadence, replay
 from closedloop.replay.sources import open_source
+from closedloop.select.registry import make_strategy
 
 PROJECT = Path(__file__).resolve().parent.parent
 FRAME = 1 / 60
@@ -89,51 +91,48 @@ def write_session(path: Path, protocol, pool, units: int, onsets: np.ndarray, rn
     return responses
 
 
-def live_log(path: Path, retrain_s: float) -> tuple[list[dict], list[dict]]:
-    """The decisions and accuracy reports the live worker would log for session ``path``: one
-    decision per response, at its window's end; a retraining swapped in ``retrain_s`` after it
-    started. Returns (selections, accuracy)."""
+def live_log(path: Path) -> tuple[list[dict], list[dict], float]:
+    """The decisions and accuracy reports the live worker would log for session ``path`` (and the
+    fine-tuned cores it would keep): one decision per response, at its window's end; a refresh
+    swapped in at the first response after it would have finished. Returns (selections, accuracy,
+    seconds spent refreshing)."""
     source = open_source(path)
+    selection = source.protocol.selection
     config = WorkerConfig(pool_path=path / "stimuli.npz", units=tuple(u.name for u in source.units),
-                          model=source.protocol.model, selection=source.protocol.selection,
+                          model=source.protocol.model, selection=selection,
+                          strategy=make_strategy(selection.strategy, selection.params),
                           candidates=tuple(source.candidates.tolist()), heldout=tuple(source.heldout.tolist()),
-                          seed=source.protocol.protocol.seed)
+                          seed=source.protocol.protocol.seed, cores=cores_folder(path))
     selections, accuracy = [], []
 
-    def send(kind: str, payload: dict) -> None:
-        (selections if kind == "choice" else accuracy).append({"time": pylsl.local_clock(), **payload})
+    def send(message) -> None:
+        if isinstance(message, Choice):
+            selections.append({"time": pylsl.local_clock(), **message.record()})
+        elif isinstance(message, (Accuracy, Stopped)):
+            report = message if isinstance(message, Accuracy) else message.accuracy
+            accuracy.append({"time": pylsl.local_clock(), **report.record()})
 
-    learner = Learner(config, background=False)
-    learner.begin(send)
-    ready_at = np.inf  # session time the retraining in flight is done
+    state = WorkerState(config, background=True)
+    state.begin(send)
+    ready_at = np.inf  # session time the refresh in flight is done
     for r in source.responses:
         arrives = r["onset"] + WINDOW[1]
-        swap = learner.ensemble.retraining and arrives >= ready_at
-        busy = learner.ensemble.retraining
-        learner.step([(r["pool_index"], np.array(r["counts"]), r["role"] == "heldout")], 0.0, send, swap=swap)
-        if learner.ensemble.retraining and (swap or not busy):  # a retraining started at this step
-            ready_at = arrives + retrain_s
-    learner.finish(send)
-    return selections, accuracy
-
-
-def retrain_seconds(protocol, pool, units: int) -> float:
-    """How long one core retraining takes here (the model's steps and the pool's features)."""
-    from closedloop.model.online import OnlineEnsemble
-
-    ensemble = OnlineEnsemble(pool.images, units, protocol.model, 0, background=False)
-    rng = np.random.default_rng(0)
-    for i in rng.integers(0, len(pool), 200):
-        ensemble.add(int(i), rng.poisson(2.4, units))
-    ensemble.retrain()
-    ensemble.swap(wait=True)
-    return ensemble.retrain_seconds
+        swap = state.learner.refreshing and arrives >= ready_at
+        busy = state.learner.refreshing and not swap
+        state.step([Response(r["pool_index"], np.array(r["counts"]), r["role"] == "heldout", 0.0)], send, swap=swap)
+        if state.learner.refreshing and not busy:  # a refresh started at this step: time it
+            spent = state.learner.refresh_seconds
+            if not state.learner.wait_refreshed():
+                raise RuntimeError("the learner's refresh did not finish")
+            ready_at = arrives + state.learner.refresh_seconds - spent
+    state.finish(send)
+    return selections, accuracy, state.learner.refresh_seconds
 
 
 def describe(name: str, report: dict) -> str:
     s = report["seconds"]
     line = (f"{name}: {report['session_s']:.0f} s of session in {s['total']:.1f} s = {report['speed']:.1f}x real "
-            f"time; alignment {s['alignment']:.1f} s, model {s['model']:.1f} s (core retraining {s['retrain']:.1f} s "
+            f"time; alignment {s['alignment']:.1f} s, model {s['model']:.1f} s (learner refreshes {s['refresh']:.1f} s "
             f"for {report['accuracy']['core_version']} swaps), selection {s['selection']:.2f} s; "
             f"{report['decisions']} decisions")
     if report["pacing"] == "recorded":
@@ -149,7 +148,7 @@ def main() -> None:
                         help="the part replayed faithfully (its live log is made here at the same cost; "
                              "0: none)")
     parser.add_argument("--every", type=int, default=100, help="fast mode: responses per decision")
-    parser.add_argument("--retrain-every", type=int, default=5000, help="fast mode: responses per core swap")
+    parser.add_argument("--refresh-every", type=int, default=5000, help="fast mode: responses per refresh swap")
     parser.add_argument("--accuracy-every", type=int, default=1000, help="fast mode: responses per accuracy report")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="write the sessions here instead of a temporary folder")
@@ -172,19 +171,18 @@ def main() -> None:
               f"torch threads {torch.get_num_threads()}")
 
         fast = replay(open_source(folder / "hour"), folder / "fast",
-                      cadence=Cadence(args.every, args.retrain_every, args.accuracy_every))
-        print(describe(f"fast (a decision every {args.every} responses, cores every {args.retrain_every}, "
+                      cadence=Cadence(args.every, args.refresh_every, args.accuracy_every))
+        print(describe(f"fast (a decision every {args.every} responses, refreshes every {args.refresh_every}, "
                        f"accuracy every {args.accuracy_every})", fast))
 
         if not args.faithful_minutes:
             return
-        retrain_s = retrain_seconds(protocol, pool, args.units)
         part = onsets[onsets < START + args.faithful_minutes * 60]
         short = protocol.model_copy(update={"protocol": protocol.protocol.model_copy(
             update={"presentations": len(part)})})
         write_session(folder / "part", short, pool, args.units, part, np.random.default_rng(args.seed))
         t = time.perf_counter()
-        selections, accuracy = live_log(folder / "part", retrain_s)
+        selections, accuracy, refresh_s = live_log(folder / "part")
         made = time.perf_counter() - t
         writer = SessionWriter.reopen(folder / "part")  # the log, as the live loop appends it
         for name, records in (("selections", selections), ("accuracy", accuracy)):
@@ -192,10 +190,10 @@ def main() -> None:
                 writer.log(name, record)
         writer.close({"status": "complete", "presentations": len(part)})
         faithful = replay(open_source(folder / "part"), folder / "faithful")
-        print(f"one core retraining takes {retrain_s:.2f} s here; the live log of the first "
-              f"{args.faithful_minutes:g} minutes ({len(selections)} decisions) took {made:.0f} s to make")
+        print(f"the live log of the first {args.faithful_minutes:g} minutes ({len(selections)} decisions) took "
+              f"{made:.0f} s to make, {refresh_s:.1f} s of it refreshing the learner")
         print(describe("faithful (the live batches and core swaps)", faithful))
-        (folder / "bench.json").write_text(json.dumps({"fast": fast, "faithful": faithful, "retrain_s": retrain_s},
+        (folder / "bench.json").write_text(json.dumps({"fast": fast, "faithful": faithful, "refresh_s": refresh_s},
                                                       indent=2))
     finally:
         if args.keep is None:

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from closedloop.config import load_protocol, load_rig
 from closedloop.errors import ClosedLoopError
-from closedloop.select.registry import make_strategy
 
 PROJECT = Path(__file__).resolve().parent.parent
 console = Console(stderr=True)  # progress and notes
@@ -135,11 +134,10 @@ def responses(recording: Path, events: str | None, log_path: Path | None, start:
 
 
 def _with_strategy(protocol, strategy: str | None):
-    """The protocol with another selection strategy (validated)."""
+    """The protocol with another selection strategy (the session builds and checks it)."""
     if strategy is None:
         return protocol
     params = protocol.selection.params if strategy == protocol.selection.strategy else {}
-    make_strategy(strategy, params)
     selection = protocol.selection.model_copy(update={"strategy": strategy, "params": params})
     return protocol.model_copy(update={"selection": selection})
 
@@ -197,7 +195,8 @@ def demo(out: Path, protocol_path: Path, rig_path: Path) -> None:
     results.print(comparison_table(summaries))
     for s in summaries:
         results.print(f"{s['strategy']}: {s['deadline_misses']} deadline misses, selection turnaround "
-                      f"median {_fmt(s['turnaround_ms']['median'])} ms, session {s['session']}")
+                      f"median {_fmt(s['turnaround_ms']['median'])} ms, core {s['core']}, session {s['session']}",
+                      markup=False, soft_wrap=True)
 
 
 def comparison_table(summaries: list[dict]) -> Table:
@@ -449,15 +448,15 @@ def bench_hypotheses(pool_path: Path | None, neurons: int, threshold: float, bud
               help="Fast mode: a decision every N responses instead of the session's own batches "
                    "(decisions are not reproduced).  [default for recordings without decisions: the "
                    "protocol's selection.batch]")
-@click.option("--retrain-every", default=50, show_default=True, type=click.IntRange(1),
-              help="Fast mode: responses between retrained cores.")
+@click.option("--refresh-every", default=50, show_default=True, type=click.IntRange(1),
+              help="Fast mode: responses between learner refreshes swapped in.")
 @click.option("--accuracy-every", default=10, show_default=True, type=click.IntRange(1),
-              help="Fast mode: responses between accuracy reports (each refits the readouts, as live).")
+              help="Fast mode: responses between accuracy reports.")
 @click.option("--twin-epochs", default=20, show_default=True, type=click.IntRange(1),
               help="Passes over the responses when fitting the digital twin.")
 def replay_command(source: Path, strategy: str | None, out: Path | None, seed: int | None,
                    protocol_path: Path | None, pool_path: Path | None, events: str | None, log_path: Path | None,
-                   every: int | None, retrain_every: int, accuracy_every: int, twin_epochs: int) -> None:
+                   every: int | None, refresh_every: int, accuracy_every: int, twin_epochs: int) -> None:
     """Replay SOURCE through the live alignment, model and strategy, as fast as the machine allows.
 
     SOURCE is a session directory (its decisions are made again and checked against the log),
@@ -471,7 +470,7 @@ def replay_command(source: Path, strategy: str | None, out: Path | None, seed: i
     opened = open_source(source, protocol_path, pool_path, **options)
     if every is None and not opened.selections:
         every = opened.protocol.selection.batch
-    cadence = Cadence(every, retrain_every, accuracy_every) if every is not None else None
+    cadence = Cadence(every, refresh_every, accuracy_every) if every is not None else None
     out = out or Path("replays") / source.stem
     with console.status(f"replaying {source} ..."):
         report = replay(opened, out, strategy, seed, cadence, twin_epochs)
@@ -496,8 +495,8 @@ def replay_tables(report: dict) -> list[Table]:
         table.add_row("accuracy reports equal", f"{accuracy['equal']} of {accuracy['compared']} compared")
     else:
         pacing = report["pacing"]
-        table.add_row("pacing", f"a decision every {pacing['every']} responses, cores every "
-                                f"{pacing['retrain_every']}, accuracy every {pacing['accuracy_every']} "
+        table.add_row("pacing", f"a decision every {pacing['every']} responses, refreshes every "
+                                f"{pacing['refresh_every']}, accuracy every {pacing['accuracy_every']} "
                                 "(decisions not reproduced)")
     table.add_row("responses", f"{report['responses']} ({report['trained_on']} trained on), "
                                f"{report['decisions']} decisions")
@@ -507,7 +506,7 @@ def replay_tables(report: dict) -> list[Table]:
     seconds = report["seconds"]
     table.add_row("speed", f"{_fmt(report['speed'])}x real time ({report['session_s']:.0f} s replayed in "
                            f"{seconds['total']:.1f} s: alignment {seconds['alignment']:.1f}, model "
-                           f"{seconds['model']:.1f} of which core retraining {seconds['retrain']:.1f}, "
+                           f"{seconds['model']:.1f} of which learner refreshes {seconds['refresh']:.1f}, "
                            f"selection {seconds['selection']:.1f})")
     alternative = report.get("alternative")
     if not alternative or not alternative["decisions"]:
@@ -599,12 +598,92 @@ def convert_v4_command(session: str, data: Path | None, out: Path, seed: int, im
                f"({summary['spikes']} spikes, {summary['duration_s']:.0f} s) written to {out}")
 
 
+# ------------------------------------------------------------------ core --
+# (owned by the learner-tests helper: `closedloop core build`, `closedloop core show`)
+@main.group("core")
+def core_group() -> None:
+    """Learner cores: build a shared core from recorded sessions, show what a core is."""
+
+
+@core_group.command("build")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--session", "session_paths", multiple=True, nargs=2, type=click.Path(path_type=Path),
+              metavar="IMAGES RESPONSES",
+              help="A session: its images (zip or folder, in response order) and its (neurons, images) "
+                   ".npy of repeat-averaged spike counts; repeatable.")
+@click.option("--v4", "v4_folder", default=None, type=click.Path(path_type=Path),
+              help="Shared V4 folder: with --name N, reads sessions/images_N.zip and "
+                   "sessions/responses_repeat_averaged_N.npy.")
+@click.option("--name", "names", multiple=True, help="A session of the --v4 folder (e.g. 190923); repeatable.")
+@click.option("--channels", default="48,57,32,32,32", show_default=True,
+              help="Filters of the core's five layers.")
+@click.option("--input-px", default=56, show_default=True, type=click.IntRange(16, 512),
+              help="Side images are resized to (112 is the paper's; 56 is four times cheaper on a CPU).")
+@click.option("--grid", default=7, show_default=True, type=click.IntRange(1, 64),
+              help="Blocks per side the last maps are averaged to (the protocol's [model.core] grid).")
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1), help="At most this many epochs.")
+@click.option("--patience", default=5, show_default=True, type=click.IntRange(1),
+              help="Stop after this many epochs without a better held-out r.")
+@click.option("--heldout", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of each session's images held out.")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(2), help="Images per minibatch.")
+@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam step size.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="Torch threads (default: torch's).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the weights, split and minibatches.")
+def core_build(out: Path, session_paths: tuple[tuple[Path, Path], ...], v4_folder: Path | None,
+               names: tuple[str, ...], channels: str, input_px: int, grid: int, epochs: int, patience: int,
+               heldout: float, batch: int, lr: float, threads: int | None, seed: int) -> None:
+    """Train one shared compact core on recorded sessions and write it to OUT (a core file for
+    `[model.core] kind = "file"`)."""
+    import torch
+
+    from closedloop.learn.build import build_core, parse_channels, read_session, v4_sessions
+
+    try:
+        filters = parse_channels(channels)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channels") from None
+    if names and v4_folder is None:
+        raise click.UsageError("--name needs --v4 FOLDER")
+    if v4_folder is not None and not names:
+        raise click.UsageError("--v4 needs at least one --name SESSION")
+    given = [(images, responses, None) for images, responses in session_paths]
+    given += v4_sessions(v4_folder, list(names)) if v4_folder is not None else []
+    if not given:
+        raise click.UsageError("give at least one --session IMAGES RESPONSES (or --v4 FOLDER --name N)")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sessions = []
+    for images, responses, name in given:
+        session = read_session(images, responses, name)
+        merged = session.files - len(session.images)
+        console.print(f"session {session.name}: {session.neurons} neurons, {len(session.images)} images"
+                      + (f" ({merged} repeated files merged)" if merged else ""))
+        sessions.append(session)
+    provenance = build_core(sessions, out, filters, input_px, grid, epochs, patience, heldout, batch, lr,
+                            seed=seed, log=console.print)
+    click.echo(f"core written to {out}: held-out r {provenance['heldout_r']:.3f} "
+               f"({provenance['neurons']} neurons, {provenance['epochs']} epochs, {provenance['seconds']:.0f} s)")
+
+
+@core_group.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+def core_show(path: Path) -> None:
+    """Show what PATH is: a core file (its filters, parameters, provenance) or a protocol's [model.core]."""
+    from closedloop.learn.build import describe
+
+    table = Table(show_header=False, box=None)
+    for key, value in describe(path):
+        table.add_row(key, value)
+    results.print(table)
+
+
 # ------------------------------------------------------------------ design --
 # (owned by the report helper: `closedloop design`)
 @main.command("design")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="Model: a published compact .pt, an .onnx, a TorchScript file, a closedloop model or "
-                   "ensemble checkpoint (e.g. a session's checkpoints/ensemble-final.pt).")
+              help="Model: a learner checkpoint (a session's checkpoints/learner-final.pt: ranks with its "
+                   "posterior), or a published compact .pt, an .onnx, a TorchScript file, a closedloop model.")
 @click.option("--pool", "pool_path", required=True, type=click.Path(path_type=Path),
               help="Candidates: a stimulus set (.toml, or a shipped set's name such as demo), a saved pool "
                    "(.npz), or a folder or .zip of images.")

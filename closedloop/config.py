@@ -257,19 +257,58 @@ class PoolSpec(_Strict):
     }
 
 
-class ModelSpec(_Strict):
-    """The online compact-CNN ensemble."""
+class CoreSpec(_Strict):
+    """The learner's core: what it knows about images before the first trial (see
+    :mod:`closedloop.learn.cores`). ``path`` resolves against the protocol file."""
 
-    members: Annotated[int, Field(ge=2)] = 5
-    input_px: Annotated[int, Field(ge=16)] = 48
-    channels: tuple[int, int, int, int, int] = (8, 16, 16, 16, 16)
-    learning_rate: Annotated[float, Field(gt=0)] = 3e-3
-    steps_per_update: Annotated[int, Field(ge=1)] = 40
-    batch_size: Annotated[int, Field(ge=1)] = 32
+    kind: Literal["scratch", "compact", "network", "file"] = Field(
+        "scratch", description="scratch: a compact CNN learned online; compact: a folder of published "
+        "compact models; network: a torch or ONNX model cut at `layer`; file: a `closedloop core build` file")
+    path: Path | None = Field(None, description="compact: the folder; network: the model file; file: the core file")
+    layer: str | None = Field(None, description="compact: 'output' (the modelled neurons' responses, "
+                              "the default) or a layer, 0-4; network: the torch module name or ONNX value "
+                              "name to cut at (required)")
+    match: str = Field("*", description="compact: only the model files whose names match this pattern "
+                       "(e.g. 'compact_model_201025_*')")
+    limit: Annotated[int | None, Field(gt=0, description="compact: use the first `limit` models (after `match`)")] = None
+    grid: Annotated[int, Field(ge=1, description="feature maps are averaged to grid x grid blocks")] = 7
+    dims: Annotated[int, Field(ge=2, description="principal components of the features kept")] = 256
+
+    @model_validator(mode="after")
+    def _what_each_kind_needs(self) -> CoreSpec:
+        if self.kind != "scratch" and self.path is None:
+            raise ValueError(f"a {self.kind!r} core needs a 'path'")
+        if self.kind == "network" and not self.layer:
+            raise ValueError("a 'network' core needs the 'layer' to cut at")
+        if self.kind == "compact" and self.layer is not None and self.layer not in (*"01234", "output"):
+            raise ValueError(f"a compact core's layer is 'output' or 0-4, got {self.layer!r}")
+        return self
+
+    @property
+    def layer_index(self) -> int | None:
+        """A compact core's layer, None for the models' outputs (the default)."""
+        return None if self.layer in (None, "output") else int(self.layer)
+
+
+class ModelSpec(_Strict):
+    """The online learner: a core, Bayesian readouts per unit, background refinement."""
+
+    core: CoreSpec = CoreSpec()
+    members: Annotated[int, Field(ge=2, description="posterior draws strategies see as ensemble members")] = 16
+    input_px: Annotated[int, Field(ge=16, description="scratch core: side of its input, pixels")] = 48
+    channels: tuple[int, int, int, int, int] = Field((8, 16, 16, 16, 16),
+                                                     description="scratch core: filters per layer")
+    refresh_every: Annotated[int, Field(ge=1, description="responses between background refits of the "
+                                        "readouts' ridge and noise (by the evidence)")] = 64
+    finetune_every: Annotated[int, Field(ge=0, description="responses between background fine-tunings of "
+                                         "the core (0: never)")] = 256
+    learning_rate: Annotated[float, Field(gt=0, description="fine-tuning step size")] = 1e-3
+    steps_per_update: Annotated[int, Field(ge=1, description="fine-tuning minibatches")] = 100
+    batch_size: Annotated[int, Field(ge=1, description="fine-tuning responses per minibatch")] = 32
     threads: Annotated[int, Field(ge=1)] = 1
-    warm_start: Path | None = Field(None, description="an ensemble checkpoint to start from (e.g. the "
-                                    "previous session's checkpoints/ensemble-final.pt), relative to the "
-                                    "protocol file; same units and architecture")
+    warm_start: Path | None = Field(None, description="a learner checkpoint to start from (e.g. the previous "
+                                    "session's checkpoints/learner-final.pt), relative to the protocol file; "
+                                    "same units and core")
     checkpoint_every: Annotated[int, Field(ge=0, description="responses between checkpoints in the "
                                            "session's checkpoints/ (0: only the final one)")] = 100
 
@@ -295,10 +334,10 @@ class SelectionSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_strategy(self) -> SelectionSpec:
-        from closedloop.select.registry import make_strategy  # strategies may import stimuli
+        from closedloop.select.registry import strategy_params  # strategies may import stimuli
 
         try:
-            make_strategy(self.strategy, self.params)
+            strategy_params(self.strategy, self.params)
         except ClosedLoopError as exc:  # pydantic reports ValueErrors with the field's name
             raise ValueError(str(exc)) from None
         return self
@@ -376,16 +415,18 @@ def load_rig(path: Path | str) -> Rig:
 
 
 def load_protocol(path: Path | str) -> Protocol:
-    """Load and validate a protocol file; relative stimulus-set and warm-start paths resolve against it."""
+    """Load and validate a protocol file; relative stimulus-set, warm-start and core paths resolve against it."""
     protocol = _load(path, Protocol, "protocol")
     base = protocol.source.parent
     if protocol.pool.set is not None:
         pool = protocol.pool.model_copy(update={"set": (base / protocol.pool.set).resolve()})
         protocol = protocol.model_copy(update={"pool": pool})
-    if protocol.model.warm_start is not None:
-        model = protocol.model.model_copy(update={"warm_start": (base / protocol.model.warm_start).resolve()})
-        protocol = protocol.model_copy(update={"model": model})
-    return protocol
+    model = protocol.model
+    if model.warm_start is not None:
+        model = model.model_copy(update={"warm_start": (base / model.warm_start).resolve()})
+    if model.core.path is not None:
+        model = model.model_copy(update={"core": model.core.model_copy(update={"path": (base / model.core.path).resolve()})})
+    return protocol.model_copy(update={"model": model})
 
 
 def to_jsonable(config: BaseModel) -> dict:

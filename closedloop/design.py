@@ -19,8 +19,14 @@ folder:
                       (pool indices, scores, strategy state) and every stimulus in set
                       order (role, score, pool index, family, params)
 
-The strategy sees a :class:`FixedModel`: the loaded model with the live
-ensemble's prediction interface.
+The strategy sees the model through the interface of the live learner
+(:class:`closedloop.select.strategies.Predictor`): a learner checkpoint (a session's
+``checkpoints/learner-final.pt``) as the :class:`closedloop.learn.OnlineLearner` it was, over the
+pool, with its posterior (so ``disagreement`` and ``info_gain`` rank by its uncertainty); any other
+model as a :class:`FixedModel`. Choices go through :class:`closedloop.select.policy.SelectionPolicy`,
+as in a session: no warm-up, and no image offered twice. Each chosen image then counts as shown,
+with the model's expected counts as its response, so strategies that look at what was shown
+(``adept``, ``variance_reduction``, ``fixed``, the tests) carry on from the earlier decisions.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from pydantic import ValidationError
 
 from closedloop.errors import ClosedLoopError
 from closedloop.model.models import ImageModel, resize_pixels
-from closedloop.select.strategies import SelectionContext, Strategy
+from closedloop.select.policy import SelectionPolicy
+from closedloop.select.strategies import Predictor, SelectionContext, Strategy
 from closedloop.stimuli import FAMILIES, StimulusPool, gaudy, load_stimulus_set, render_stimulus, stimulus_id
 
 CONTROLS = ("random", "gaudy")
@@ -46,34 +53,72 @@ SET_FILE, IMAGES, GALLERY, PROVENANCE = "set.toml", "images", "gallery.png", "pr
 
 
 class FixedModel:
-    """A loaded image model as the ``model`` a strategy sees (the interface of the live ensemble).
+    """A plain image model (one that only predicts) as the :class:`Predictor` strategies see.
 
     A model whose per-image output is 2-D is read as (members, units), as closedloop's
     ensembles are; any other output is one member predicting every output as a unit.
     Predictions are the model's outputs as they are: expected spike counts for closedloop's
-    ensembles, the model's own units for others (e.g. a published compact model).
+    ensembles, the model's own units for others (e.g. a published compact model). The members'
+    mean and variance stand for the posterior's (:meth:`predictive`). A pool image is predicted
+    once, when a strategy first asks.
 
     Parameters
     ----------
     model : ImageModel
         What :func:`closedloop.model.models.load_model` returned.
+    images : ndarray, (K, N, N, 3) uint8
+        The pool; grows with :meth:`extend`.
+
+    Attributes
+    ----------
+    members, units : int
+        Predictions per image and unit, and units (outputs) per member.
     """
 
-    def __init__(self, model: ImageModel):
+    def __init__(self, model: ImageModel, images: np.ndarray):
         self.image_model = model
         self.name = model.name
         shape = model.output_shape
-        self.members, n_units = (shape[0], shape[1]) if len(shape) == 2 else (1, model.outputs)
-        self.units = (model.name,) if n_units == 1 else tuple(f"{model.name}:{u}" for u in range(n_units))
+        self.members, self.units = (shape[0], shape[1]) if len(shape) == 2 else (1, model.outputs)
+        self._images = np.asarray(images)
+        self._predicted = np.zeros((self.members, self.units, len(self._images)))
+        self._done = np.zeros(len(self._images), bool)
         self._module = None
+
+    def predictions(self, index: np.ndarray | None = None) -> np.ndarray:
+        """Predictions (members, units, B) of pool images ``index`` (all if None)."""
+        index = np.arange(len(self._images)) if index is None else np.asarray(index, int)
+        missing = np.unique(index[~self._done[index]])
+        if len(missing):
+            self._predicted[:, :, missing] = self.predict_images(self._images[missing])
+            self._done[missing] = True
+        return self._predicted[:, :, index]
+
+    def predictive(self, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance over the members of the predictions of pool images ``index``: two (units, B)."""
+        predictions = self.predictions(index)
+        return predictions.mean(axis=0), predictions.var(axis=0)
+
+    def extend(self, images: np.ndarray) -> np.ndarray:
+        """Append (B, N, N, 3) uint8 images (e.g. synthesised ones) to the pool; their indices."""
+        start = len(self._images)
+        self._images = np.concatenate([self._images, images])
+        self._predicted = np.concatenate([self._predicted, np.zeros((self.members, self.units, len(images)))], 2)
+        self._done = np.concatenate([self._done, np.zeros(len(images), bool)])
+        return np.arange(start, len(self._images))
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Predictions (members, units, B) for (B, N, N, 3) uint8 images."""
         out = self.image_model.predict(images)
-        return out.reshape(len(images), self.members, len(self.units)).transpose(1, 2, 0)
+        return out.reshape(len(images), self.members, self.units).transpose(1, 2, 0)
 
-    def torch_predict(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Differentiable predictions (members, units, B) for float pixels (B, N, N, 3), 0-255.
+    def predictive_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance over the members for (B, N, N, 3) uint8 images: two (units, B)."""
+        predictions = self.predict_images(images)
+        return predictions.mean(axis=0), predictions.var(axis=0)
+
+    def torch_mean(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Differentiable mean over the members (units, B) for float pixels (B, N, N, 3), 0-255.
 
         Raises
         ------
@@ -88,7 +133,26 @@ class FixedModel:
                                       f"synthesise images")
         px = self.image_model.input_px
         x = resize_pixels(pixels, (px, px)) if px else pixels
-        return self._module(x).reshape(len(pixels), self.members, len(self.units)).permute(1, 2, 0)
+        return self._module(x).reshape(len(pixels), self.members, self.units).mean(1).T
+
+    def embedding(self, index: np.ndarray) -> np.ndarray:
+        """Not available: a plain image model has no readout features (:class:`ClosedLoopError`)."""
+        raise self._no_readout()
+
+    @property
+    def ridge(self) -> float:
+        """Not available: a plain image model has no readout (:class:`ClosedLoopError`)."""
+        raise self._no_readout()
+
+    def _no_readout(self) -> ClosedLoopError:
+        return ClosedLoopError(f"model {self.name!r} is a plain image model without readout features: this "
+                               f"strategy needs a learner checkpoint (a session's checkpoints/learner-final.pt)")
+
+
+def unit_names(model: str, units: int) -> tuple[str, ...]:
+    """Names of a model's ``units`` outputs, as strategies' ``unit`` settings name them: the model's
+    name for a single output, else ``name:0``, ``name:1``, ..."""
+    return (model,) if units == 1 else tuple(f"{model}:{u}" for u in range(units))
 
 
 @dataclass
@@ -132,14 +196,18 @@ def parse_params(texts: tuple[str, ...] | list[str]) -> dict:
     return params
 
 
-def design(model: FixedModel, pool: StimulusPool, n: int, strategy: Strategy, control_fraction: float = 0.0,
-           control: str = "random", batch: int = 16, seed: int = 0) -> Design:
+def design(model: Predictor, units: tuple[str, ...], pool: StimulusPool, n: int, strategy: Strategy,
+           control_fraction: float = 0.0, control: str = "random", batch: int = 16, seed: int = 0) -> Design:
     """Choose ``n`` stimuli: ``round(n * control_fraction)`` controls, the rest by ``strategy``.
 
     Parameters
     ----------
-    model : FixedModel
-        The model the strategy ranks with.
+    model : Predictor
+        The model the strategy ranks with, over ``pool``'s images in their order (a
+        :class:`FixedModel` or a :class:`closedloop.learn.OnlineLearner`); images a strategy
+        makes are appended to it.
+    units : tuple of str
+        Names of the model's units (:func:`unit_names`), for strategies aimed at one.
     pool : StimulusPool
         The candidates (not modified; images a strategy synthesises go to a copy).
     n : int
@@ -159,7 +227,8 @@ def design(model: FixedModel, pool: StimulusPool, n: int, strategy: Strategy, co
     ------
     ClosedLoopError
         ``n`` larger than the pool, an unknown control kind, a strategy that cannot rank with this
-        model (every image the same score with a single-member model), or one that stops choosing.
+        model (every image the same score, e.g. disagreement with a single-member model), or one
+        that stops choosing.
     """
     if not 1 <= n <= len(pool):
         raise ClosedLoopError(f"-n {n}: the pool holds {len(pool)} images; ask for 1 to {len(pool)}")
@@ -167,76 +236,67 @@ def design(model: FixedModel, pool: StimulusPool, n: int, strategy: Strategy, co
         raise ClosedLoopError(f"--control {control!r}: known: {', '.join(CONTROLS)}")
     if not 0 <= control_fraction <= 1 or batch < 1:
         raise ClosedLoopError(f"--control-fraction {control_fraction} and --batch {batch}: need 0-1 and >= 1")
+    original = len(pool)
     pool = StimulusPool(pool.images, pool.families, pool.params)
-    strategy.check(list(model.units), pool)
+    strategy.check(list(units), pool)
     n_controls = round(n * control_fraction)
-    chooser = _Chooser(model, pool, strategy, seed)
-    chosen, decisions = chooser.choose(n - n_controls, batch)
-    controls = _controls(pool, n_controls, control, chosen, np.random.default_rng([seed, 1]), chooser.original)
+    chosen, decisions = _choose(model, units, pool, strategy, n - n_controls, batch, seed)
+    controls = _controls(pool, n_controls, control, chosen, np.random.default_rng([seed, 1]), original)
     return Design(chosen + controls, decisions)
 
 
-class _Chooser:
-    """Runs a strategy decision by decision over a pool it may grow (synthesised images)."""
+def _choose(model: Predictor, units: tuple[str, ...], pool: StimulusPool, strategy: Strategy, count: int,
+            batch: int, seed: int) -> tuple[list[Designed], list[dict]]:
+    """``count`` images chosen by ``strategy`` in decisions of ``batch``, through a
+    :class:`SelectionPolicy` over the whole pool (no warm-up; no image offered twice), each chosen
+    image observed with the model's expected counts as its response; and each decision's record."""
+    policy = SelectionPolicy(strategy, model, pool, np.arange(len(pool)), units, batch, warmup=0,
+                             no_repeat=count, seed=seed)
+    chosen: list[Designed] = []
+    taken: set[str] = set()  # ids chosen: a made image may repeat the pixels of one already chosen
+    decisions: list[dict] = []
+    while len(chosen) < count:
+        if strategy.finished:
+            raise ClosedLoopError(f"strategy {strategy.name!r} finished after choosing {len(chosen)} of "
+                                  f"{count} images")
+        policy.batch = min(batch, count - len(chosen))
+        decision = policy.decide(len(chosen))
+        if not decisions:
+            _check_ranks(strategy, decision.context)
+        new = [(int(i), float(s)) for i, s in zip(decision.chosen, decision.scores) if pool.ids[i] not in taken]
+        if not new:
+            raise ClosedLoopError(f"strategy {strategy.name!r} chose no new image after {len(chosen)} of {count}")
+        new = new[:count - len(chosen)]
+        index = np.array([i for i, _ in new])
+        for pool_index, score in new:
+            taken.add(pool.ids[pool_index])
+            stimulus = pool[pool_index]
+            chosen.append(Designed(stimulus.family, stimulus.params, stimulus.image, "chosen", pool_index, score,
+                                   len(decisions)))
+        for pool_index, counts in zip(index, model.predictive(index)[0].T):
+            policy.observe(pool_index, counts)
+        record = {"chosen": index.tolist(), "scores": [s for _, s in new]}
+        if decision.state is not None:
+            record["state"] = decision.state
+        decisions.append(record)
+    return chosen, decisions
 
-    def __init__(self, model: FixedModel, pool: StimulusPool, strategy: Strategy, seed: int):
-        self.model, self.pool, self.strategy = model, pool, strategy
-        self.original = len(pool)  # images the strategy did not synthesise
-        self.rng = np.random.default_rng([seed, 0])
-        self.predictions = model.predict_images(pool.images) if strategy.needs_model else None
 
-    def add_images(self, images: np.ndarray, families: list[str], params: list[dict]) -> np.ndarray:
-        index = self.pool.append(images, families, params)
-        if self.predictions is not None:
-            self.predictions = np.concatenate([self.predictions, self.model.predict_images(images)], axis=2)
-        return index
-
-    def context(self, allowed: np.ndarray) -> SelectionContext:
-        predictions = None if self.predictions is None else self.predictions[:, :, allowed]
-        return SelectionContext(allowed, self.pool, predictions, self.model, self.model.units,
-                                np.zeros(0, int), np.zeros((0, len(self.model.units))), self.add_images)
-
-    def check_ranks(self, allowed: np.ndarray) -> None:
-        """A single-member model gives a disagreement-style strategy nothing to rank: say so.
-        (Strategies that choose without scoring the pool, e.g. synthesis, are not checked.)"""
-        if self.model.members > 1 or not self.strategy.needs_model:
-            return
-        try:
-            scores = self.strategy.scores(self.context(allowed), np.random.default_rng(0))
-        except NotImplementedError:
-            return
-        if np.ptp(scores) == 0:
-            raise ClosedLoopError(
-                f"strategy {self.strategy.name!r} gives every image the same score with model "
-                f"{self.model.name!r}, a single model (one member): it needs an ensemble whose members can "
-                f"disagree, e.g. a session's checkpoints/ensemble-final.pt")
-
-    def choose(self, count: int, batch: int) -> tuple[list[Designed], list[dict]]:
-        chosen: list[Designed] = []
-        taken: set[str] = set()
-        decisions: list[dict] = []
-        while len(chosen) < count:
-            if self.strategy.finished:
-                raise ClosedLoopError(f"strategy {self.strategy.name!r} finished after choosing "
-                                      f"{len(chosen)} of {count} images")
-            allowed = np.array([i for i in range(len(self.pool)) if self.pool.ids[i] not in taken], int)
-            if not decisions:
-                self.check_ranks(allowed)
-            index, scores = self.strategy.choose(self.context(allowed), min(batch, count - len(chosen)), self.rng)
-            new = [(int(i), float(s)) for i, s in zip(index, scores) if self.pool.ids[i] not in taken]
-            if not new:
-                raise ClosedLoopError(f"strategy {self.strategy.name!r} chose no new image after "
-                                      f"{len(chosen)} of {count}")
-            for i, score in new[:count - len(chosen)]:
-                taken.add(self.pool.ids[i])
-                stimulus = self.pool[i]
-                chosen.append(Designed(stimulus.family, stimulus.params, stimulus.image, "chosen", i, score,
-                                       len(decisions)))
-            decision = {"chosen": [i for i, _ in new], "scores": [s for _, s in new]}
-            if (state := self.strategy.state()) is not None:
-                decision["state"] = state
-            decisions.append(decision)
-        return chosen, decisions
+def _check_ranks(strategy: Strategy, context: SelectionContext) -> None:
+    """A strategy that ranks by the model's uncertainty gets nothing to rank from a model without any
+    (a single member): say so. Strategies that choose without scoring the pool (e.g. synthesis) are
+    not checked."""
+    if not strategy.needs_model:
+        return
+    try:
+        scores = strategy.scores(context, np.random.default_rng(0))
+    except NotImplementedError:
+        return
+    if np.ptp(scores) == 0:
+        raise ClosedLoopError(
+            f"strategy {strategy.name!r} gives every image the same score with this model: it needs one whose "
+            f"predictions are uncertain, not a single model (one member), e.g. a session's "
+            f"checkpoints/learner-final.pt")
 
 
 def _controls(pool: StimulusPool, count: int, control: str, chosen: list[Designed], rng: np.random.Generator,
@@ -376,7 +436,8 @@ def run_design(model_path: Path, pool_path: Path, n: int, strategy_name: str, pa
     Parameters
     ----------
     model_path : Path
-        Any file :func:`closedloop.model.models.load_model` reads.
+        Any file :func:`closedloop.model.models.load_model` reads; a learner checkpoint is used as the
+        learner it was (:meth:`closedloop.learn.OnlineLearner.from_checkpoint`), with its posterior.
     pool_path : Path
         Any pool :func:`closedloop.stimuli.load.load_pool` reads (sets and image files rendered at
         ``size_px`` pixels on a ``background`` grey, 0-1).
@@ -392,18 +453,27 @@ def run_design(model_path: Path, pool_path: Path, n: int, strategy_name: str, pa
     (Design, StimulusPool)
         The design (choice order) and the written set as it renders.
     """
+    from closedloop.learn import OnlineLearner
+    from closedloop.learn.learner import CHECKPOINT_FORMAT
     from closedloop.model.models import load_model
     from closedloop.select.registry import make_strategy
     from closedloop.stimuli.load import load_pool
 
     strategy = make_strategy(strategy_name, params)
-    model = FixedModel(load_model(model_path))
+    image_model = load_model(model_path)
     pool, pool_what = load_pool(pool_path, size_px, background)
-    result = design(model, pool, n, strategy, control_fraction, control, batch, seed)
+    if image_model.metadata.get("format") == CHECKPOINT_FORMAT:
+        model = OnlineLearner.from_checkpoint(model_path, pool.images)
+        kind, members = "learner", model.spec.members
+    else:
+        model = FixedModel(image_model, pool.images)
+        kind, members = "image model", model.members
+    units = unit_names(image_model.name, model.units)
+    result = design(model, units, pool, n, strategy, control_fraction, control, batch, seed)
     provenance = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(model_path), "name": model.name, "members": model.members,
-                  "units": list(model.units)},
+        "model": {"path": str(model_path), "name": image_model.name, "kind": kind, "members": members,
+                  "units": list(units)},
         "pool": {"path": str(pool_path), "description": pool_what},
         "strategy": {"name": strategy.name, "params": strategy.params.model_dump(mode="json")},
         "n": n, "batch": batch, "seed": seed, "background": background,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,8 @@ from closedloop.align.clock import ClockMap
 from closedloop.align.windows import ResponseAligner
 from closedloop.config import Protocol, Rig, UnitSpec, to_jsonable
 from closedloop.errors import ClosedLoopError
-from closedloop.model.worker import ModelWorker, WorkerConfig
+from closedloop.learn.worker import (Accuracy, Choice, Comparison, Error, Message, ModelWorker, Stopped,
+                                     WorkerConfig, cores_folder)
 from closedloop.present import open_presenter
 from closedloop.present.base import DROPPED_FRAME
 from closedloop.present.geometry import Layout
@@ -37,6 +38,7 @@ from closedloop.present.markers import MarkerOutlet
 from closedloop.present.trials import Item, TrialOutcome, run_trial
 from closedloop.record import SessionWriter, read_session
 from closedloop.record.session import ADDED
+from closedloop.select.policy import RoleSchedule
 from closedloop.select.registry import make_strategy
 from closedloop.stimuli import StimulusPool, generate_pool, load_stimulus_set
 
@@ -124,31 +126,6 @@ def _resolve_spikes(rig: Rig, simulator: subprocess.Popen | None, log_path: Path
                 raise
 
 
-class _Schedule:
-    """Which kind of image each presentation shows."""
-
-    def __init__(self, protocol: Protocol, candidates: np.ndarray, heldout: np.ndarray):
-        self.every = protocol.heldout.every
-        self.control = protocol.selection.control_fraction
-        self.rng = np.random.default_rng(protocol.protocol.seed + 2)
-        self.candidates = candidates
-        self.heldout = self.rng.permutation(heldout)
-        self.queue: deque[int] = deque()
-        self.requeued: deque[int] = deque()  # shown again: a spike gap or a fixation break cut them
-
-    def next(self, i: int) -> tuple[str, int]:
-        """(role, pool index) for presentation ``i``."""
-        if i % self.every == self.every - 1:
-            return "heldout", int(self.heldout[(i // self.every) % len(self.heldout)])
-        if self.requeued:
-            return "requeued", self.requeued.popleft()
-        if self.rng.random() < self.control:
-            return "control", int(self.rng.choice(self.candidates))
-        if self.queue:
-            return "chosen", self.queue.popleft()
-        return "fallback", int(self.rng.choice(self.candidates))
-
-
 def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
                 on_progress: Callable[[Progress], None] | None = None, resume: bool = False) -> dict:
     """Run one closed-loop session and return its summary.
@@ -165,8 +142,15 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         Continue the session already in ``session_dir`` (its protocol, rig and
         pool): the model first learns every recorded response, and
         presentation numbering goes on after the last recorded marker.
+
+    Raises
+    ------
+    ClosedLoopError
+        A bad setting, a missing stream or a failed model worker (one line); what was recorded
+        stays in ``session_dir``.
     """
     p = protocol.protocol
+    strategy = make_strategy(protocol.selection.strategy, protocol.selection.params)  # once per session
     units = session_units(rig)
     layout = Layout.of(rig.display, protocol.stimulus, protocol.trial)
     if resume:
@@ -176,16 +160,17 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         if next_index >= p.presentations:
             raise ClosedLoopError(f"session {session_dir}: all {p.presentations} presentations are recorded")
         writer = SessionWriter.reopen(session_dir)
+        lifetime = 1 + sum(e["kind"] == "resumed" for e in record.events)  # this worker's, for its cores
         answered = {r["index"] for r in record.responses}
         writer.log("events", {"kind": "resumed", "from_presentation": next_index, "time": pylsl.local_clock(),
                               "unanswered": sorted({m["index"] for m in record.markers} - answered)})
     else:
         pool = candidate_pool(protocol, layout.patch_px)
-        next_index = trial = 0
+        next_index = trial = lifetime = 0
         writer = SessionWriter(session_dir, to_jsonable(protocol), {**to_jsonable(rig), "recorded_units":
                                [u.model_dump() for u in units]}, pool)
     candidates, heldout = split_pool(len(pool), protocol.heldout.images, p.seed)
-    make_strategy(protocol.selection.strategy, protocol.selection.params).check([u.name for u in units], pool)
+    strategy.check([u.name for u in units], pool)
     stimuli_path = session_dir / "stimuli.npz"
     progress = Progress(total=p.presentations, presented=next_index)
     summary: dict = {"status": "aborted", "session": str(session_dir)}
@@ -202,10 +187,13 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
 
         worker = ModelWorker(WorkerConfig(
             pool_path=stimuli_path, units=tuple(u.name for u in units), model=protocol.model,
-            selection=protocol.selection, candidates=tuple(candidates.tolist()), heldout=tuple(heldout.tolist()),
-            seed=p.seed, truth=rig.simulation if rig.rig.simulated else None,
-            checkpoints=session_dir / "checkpoints", added=session_dir / ADDED))
-        model_info = worker.start()
+            selection=protocol.selection, strategy=strategy, candidates=tuple(candidates.tolist()),
+            heldout=tuple(heldout.tolist()), seed=p.seed, truth=rig.simulation if rig.rig.simulated else None,
+            checkpoints=session_dir / "checkpoints", added=session_dir / ADDED,
+            cores=cores_folder(session_dir, lifetime)))
+        ready = worker.start()
+        writer.log("events", {"kind": "model_ready", "core": ready.core, "features": ready.features,
+                              "time": pylsl.local_clock()})
         if resume:  # what the animal already showed us
             for r in record.responses:
                 if not (r.get("gap") or r.get("aborted")):  # as live: cut windows are never trained on
@@ -260,7 +248,8 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
             gaze.start()
         fixating = (lambda: gaze.fixating(protocol.trial.window_deg)) if gaze else None
         presenter = open_presenter(rig.display, layout, markers)
-        schedule = _Schedule(protocol, candidates, heldout)
+        schedule = RoleSchedule(protocol.heldout.every, protocol.selection.control_fraction, candidates, heldout,
+                                p.seed + 2)
 
         def pick() -> list[Item]:
             """The trial's images, chosen once fixation is acquired."""
@@ -319,14 +308,13 @@ def run_session(protocol: Protocol, rig: Rig, session_dir: Path,
         _handle_worker(final, schedule, writer, progress, pool)
         writer.flush()
         record = read_session(session_dir)  # what is on disk is what we summarise
-        summary = _summary(protocol, rig, units, record, progress, model_info,
+        summary = _summary(protocol, rig, units, record, progress, ready.core,
                            time.monotonic() - started, inlet, aligner)
         summary["clock"] = _clock_summary(rig, clock, progress)
         if photodiode is not None:
             summary["photodiode"] = _photodiode_summary(record.responses)
         states = [s["state"] for s in record.selections if "state" in s]
-        summary["figures"] = [f.name for f in make_strategy(protocol.selection.strategy, protocol.selection.params)
-                              .results(states, session_dir)]
+        summary["figures"] = [f.name for f in strategy.results(states, session_dir)]
         if on_progress:
             on_progress(progress)
         return summary
@@ -386,7 +374,7 @@ def _drain(aligner: ResponseAligner, protocol: Protocol, rig: Rig) -> None:
         time.sleep(0.01)
 
 
-def _record_trial(outcome: TrialOutcome, schedule: _Schedule, writer: SessionWriter,
+def _record_trial(outcome: TrialOutcome, schedule: RoleSchedule, writer: SessionWriter,
                   progress: Progress) -> None:
     """Log how a trial ended; what a fixation break cut short or left unshown is shown again
     (held-out images excepted: they come round again anyway)."""
@@ -402,36 +390,42 @@ def _record_trial(outcome: TrialOutcome, schedule: _Schedule, writer: SessionWri
                  len(again))
 
 
-def _handle_worker(messages, schedule: _Schedule, writer: SessionWriter, progress: Progress,
-                   pool: StimulusPool) -> None:
-    for kind, payload in messages:
-        if kind == "choice":
-            if "added" in payload:  # synthesised stimuli (the worker saved them): the pool grows in step
-                added = payload.pop("added")
-                index = pool.append(added["images"], added["families"], added["params"])
-                if index[0] != added["start"]:
-                    raise ClosedLoopError(f"model worker added stimuli at {added['start']}, the pool ends at {index[0]}")
-                payload["added"] = index.tolist()
-            schedule.queue = deque(payload["chosen"])
-            writer.log("selections", {"time": pylsl.local_clock(), **payload})
-            progress.turnaround_ms.append(payload["turnaround_ms"])
-            progress.core_version = payload["core_version"]
-            progress.strategy_state = payload.get("state", progress.strategy_state)
-            if payload.get("finished") and not progress.finished:
+def _handle_worker(messages: Sequence[Message], schedule: RoleSchedule, writer: SessionWriter,
+                   progress: Progress, pool: StimulusPool) -> None:
+    """Log what the model worker said and act on it: a choice queues its images (and grows the
+    pool by what it made), a report updates the progress, an error ends the session."""
+    for message in messages:
+        if isinstance(message, Choice):
+            added = None
+            if message.added is not None:  # synthesised stimuli (the worker saved them): the pool grows in step
+                made = message.added
+                index = pool.append(made.images, made.families, made.params)
+                if index[0] != made.start:
+                    raise ClosedLoopError(f"model worker added stimuli at {made.start}, the pool ends at {index[0]}")
+                added = index.tolist()
+            schedule.queue = deque(message.chosen)
+            writer.log("selections", {"time": pylsl.local_clock(), **message.record(added)})
+            progress.turnaround_ms.append(message.turnaround_ms)
+            progress.core_version = message.core_version
+            progress.strategy_state = message.state if message.state is not None else progress.strategy_state
+            if message.finished and not progress.finished:
                 progress.finished = True
-                writer.log("events", {"kind": "strategy_finished", "responses": payload["responses"],
+                writer.log("events", {"kind": "strategy_finished", "responses": message.responses,
                                       "time": pylsl.local_clock()})
-        elif kind in ("accuracy", "stopped"):
-            writer.log("accuracy", {"time": pylsl.local_clock(), **payload})
-            progress.r_observed = _median(payload["r_observed"])
-            progress.r_true = _median(payload.get("r_true", []))
-            progress.final_accuracy = payload
-        elif kind == "error":
-            writer.log("events", {"kind": "model_error", "detail": payload})
-            raise ClosedLoopError(f"model worker failed: {payload.strip().splitlines()[-1]}")
+        elif isinstance(message, (Accuracy, Stopped)):
+            report = message if isinstance(message, Accuracy) else message.accuracy
+            writer.log("accuracy", {"time": pylsl.local_clock(), **report.record()})
+            progress.r_observed = _median(report.r_observed)
+            progress.r_true = _median(report.r_true or [])
+            progress.final_accuracy = report.record()
+        elif isinstance(message, Comparison):
+            writer.log("events", {**message.record(), "time": pylsl.local_clock()})
+        elif isinstance(message, Error):
+            writer.log("events", {"kind": "model_error", "detail": message.detail})
+            raise ClosedLoopError(f"model worker failed: {message.line}")
 
 
-def _summary(protocol, rig, units, record, progress, model_info, duration, inlet, aligner) -> dict:
+def _summary(protocol, rig, units, record, progress, core: str, duration, inlet, aligner) -> dict:
     counts = {}
     for r in record.responses:
         counts.setdefault(r["role"], []).append(r["counts"])
@@ -456,7 +450,7 @@ def _summary(protocol, rig, units, record, progress, model_info, duration, inlet
         "spikes": int(inlet.received),
         "unknown_spikes": aligner.unknown_spikes,
         "units": [u.name for u in units],
-        "parameters_per_member": model_info["parameters_per_member"],
+        "core": core,
         "mean_counts": {role: np.mean(c, axis=0).round(3).tolist() for role, c in counts.items()},
         "heldout_r_observed": final.get("r_observed"),
         "heldout_r_true": final.get("r_true"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,9 @@ def test_demo_compares_model_chosen_with_random(tmp_path, stream_name, sim_files
         assert f"{strategy}: " in result.stdout and "deadline misses" in result.stdout
     sessions = sorted((tmp_path / "sessions").iterdir())
     assert len(sessions) == 2 and all((s / "summary.json").exists() for s in sessions)
+    for session in sessions:  # the learner's core (the scratch CNN: no shared data needed), recorded and shown
+        core = json.loads((session / "summary.json").read_text())["core"]
+        assert core.startswith("scratch") and f"core {core}, session {session}" in result.stdout
     for unit in ("curvature", "dot", "orientation"):
         assert unit in result.stdout
 

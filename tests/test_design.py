@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from closedloop.cli import main
-from closedloop.design import Design, FixedModel, design, parse_params, write_design
+from closedloop.design import Design, FixedModel, design, parse_params, unit_names, write_design
 from closedloop.errors import ClosedLoopError
 from closedloop.model.ensemble import CompactEnsemble
 from closedloop.model.models import load_model, save_model
@@ -118,11 +118,11 @@ class Synthesise(Strategy):
     name = "synthesise-test"
 
     def scores(self, context, rng):
-        return context.predictions.mean(axis=(0, 1))
+        return context.mean().mean(axis=0)
 
     def choose(self, context, k, rng):
         pixels = torch.full((1, SIZE, SIZE, 3), 128.0, requires_grad=True)
-        context.model.torch_predict(pixels).mean().backward()
+        context.model.torch_mean(pixels).mean().backward()
         image = np.clip(128 + 100 * np.sign(pixels.grad[0].numpy()), 0, 255).astype(np.uint8)
         image[0, 0] = len(context.pool) % 256  # each decision's image differs
         added = context.add_images(image[None], ["synthesized"], [{"decision": len(context.pool)}])
@@ -131,9 +131,9 @@ class Synthesise(Strategy):
 
 
 def test_synthesised_images_join_the_design_as_files(files, tmp_path):
-    model = FixedModel(load_model(files["ensemble"]))
     pool, _ = load_pool(files["set"], SIZE)
-    result = design(model, pool, 6, Synthesise(), batch=3, seed=0)
+    model = FixedModel(load_model(files["ensemble"]), pool.images)
+    result = design(model, unit_names(model.name, model.units), pool, 6, Synthesise(), batch=3, seed=0)
     assert result.stimuli[0].family == result.stimuli[3].family == "synthesized"  # first of each decision
     synthesized = [s for s in result.stimuli if s.family == "synthesized"]
     assert len(synthesized) == 2 and all(s.pool_index >= len(pool) for s in synthesized)
@@ -148,15 +148,27 @@ def test_synthesised_images_join_the_design_as_files(files, tmp_path):
 
 
 def test_the_model_adapter_predicts_and_differentiates_alike(files):
-    model = FixedModel(load_model(files["ensemble"]))
-    assert model.members == MEMBERS and len(model.units) == NEURONS
     images = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    model = FixedModel(load_model(files["ensemble"]), images[:3])
+    assert model.members == MEMBERS and model.units == NEURONS
     pixels = torch.tensor(images, dtype=torch.float32, requires_grad=True)
-    predicted = model.torch_predict(pixels)
-    assert predicted.shape == (MEMBERS, NEURONS, 5)
-    np.testing.assert_allclose(predicted.detach().numpy(), model.predict_images(images), rtol=1e-4, atol=1e-6)
+    predicted = model.torch_mean(pixels)
+    assert predicted.shape == (NEURONS, 5)
+    members = model.predict_images(images)
+    np.testing.assert_allclose(predicted.detach().numpy(), members.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.predictive_images(images)[1], members.var(0))
     predicted.sum().backward()
     assert pixels.grad.abs().sum() > 0
+    # the pool's predictions, their mean and variance over the members, and the pool grown in step
+    np.testing.assert_allclose(model.predictions(), model.predict_images(images[:3]))
+    assert model.extend(images[3:]).tolist() == [3, 4]
+    np.testing.assert_allclose(model.predictions(np.array([4, 0])), model.predict_images(images[[4, 0]]))
+    mean, variance = model.predictive()
+    np.testing.assert_allclose(mean, members.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(variance, members.var(0), rtol=1e-6)
+    for needs_features in (lambda: model.embedding(np.arange(2)), lambda: model.ridge):
+        with pytest.raises(ClosedLoopError, match="plain image model .* needs a learner checkpoint"):
+            needs_features()
 
 
 def test_parse_params_reads_json_and_key_value():
@@ -195,7 +207,86 @@ def test_bad_input_is_one_line_and_status_2(files, tmp_path, change, message):
 def test_design_refuses_a_strategy_without_predictions_to_rank_by(files):
     """A single member has no disagreement: every score would be equal, so design says so."""
     pool, _ = load_pool(files["set"], SIZE)
+    single = FixedModel(load_model(files["single"]), pool.images)
+    units = unit_names(single.name, single.units)
     with pytest.raises(ClosedLoopError, match="single model"):
-        design(FixedModel(load_model(files["single"])), pool, 4, make_strategy("disagreement"))
-    result = design(FixedModel(load_model(files["single"])), pool, 4, make_strategy("random"))
+        design(single, units, pool, 4, make_strategy("disagreement"))
+    result = design(single, units, pool, 4, make_strategy("random"))
     assert isinstance(result, Design) and len(result.stimuli) == 4
+
+
+# ------------------------------------------------------------------- learner checkpoints --
+@pytest.fixture(scope="module")
+def learner_checkpoint(files, tmp_path_factory) -> Path:
+    """A small learner's checkpoint: a scratch core, two units, readouts fitted on 16 responses."""
+    from closedloop.config import CoreSpec, ModelSpec
+    from closedloop.learn import OnlineLearner
+
+    tmp = tmp_path_factory.mktemp("learner")
+    images = np.random.default_rng(2).integers(0, 256, (24, SIZE, SIZE, 3), dtype=np.uint8)
+    spec = ModelSpec(core=CoreSpec(dims=8, grid=2), input_px=16, channels=(4, 4, 4, 4, 4), finetune_every=0,
+                     members=8)
+    learner = OnlineLearner(images, NEURONS, spec, seed=0, background=False, cache=tmp / "cache")
+    learner.learn(np.arange(16), np.random.default_rng(3).poisson(4.0, (16, NEURONS)))
+    learner.sync()
+    learner.save(tmp / "learner-final.pt")
+    return tmp / "learner-final.pt"
+
+
+@pytest.fixture
+def feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOSEDLOOP_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_learner_checkpoint_ranks_with_its_posterior(learner_checkpoint, files, tmp_path, feature_cache):
+    from closedloop.learn import OnlineLearner
+
+    out = tmp_path / "next"
+    code, stdout, stderr = run("--model", learner_checkpoint, "--pool", files["set"], "-n", 6, "--strategy",
+                               "disagreement", "--batch", 4, "--size", SIZE, "--out", out)
+    assert code == 0, stderr
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["model"]["kind"] == "learner" and provenance["model"]["members"] == 8
+    assert provenance["model"]["units"] == ["learner-final:0", "learner-final:1"]
+    pool, _ = load_pool(files["set"], SIZE)
+    mean, variance = OnlineLearner.from_checkpoint(learner_checkpoint, pool.images).predictive()
+    disagreement = (variance / (mean + 1e-3)).mean(axis=0)  # the closed-form posterior's, not members'
+    assert np.ptp(disagreement) > 0
+    chosen = [s["pool_index"] for s in provenance["stimuli"] if s["role"] == "chosen"]
+    assert sorted(chosen) == sorted(np.argsort(-disagreement)[:6].tolist())
+    decisions = provenance["decisions"]
+    assert [len(d["chosen"]) for d in decisions] == [4, 2]
+    np.testing.assert_allclose(decisions[0]["scores"], np.sort(disagreement)[::-1][:4], rtol=1e-5)
+
+
+def test_variance_reduction_needs_a_learner_and_complements_earlier_decisions(learner_checkpoint, files, tmp_path,
+                                                                             feature_cache):
+    from closedloop.design import run_design
+    from closedloop.learn import OnlineLearner
+    from closedloop.select.strategies import SelectionContext
+
+    with pytest.raises(ClosedLoopError, match="plain image model .* needs a learner checkpoint"):
+        run_design(files["ensemble"], files["set"], 4, "variance_reduction", {}, tmp_path / "a", size_px=SIZE)
+    result, _ = run_design(learner_checkpoint, files["set"], 4, "variance_reduction", {}, tmp_path / "b",
+                           batch=2, size_px=SIZE)
+    first, second = result.decisions[0]["chosen"], result.decisions[1]["chosen"]
+    # the second decision is the one the strategy makes having seen the first decision's images
+    pool, _ = load_pool(files["set"], SIZE)
+    learner = OnlineLearner.from_checkpoint(learner_checkpoint, pool.images)
+    allowed = np.setdiff1d(np.arange(len(pool)), first)
+    context = SelectionContext(allowed, pool, None, learner, ("u0", "u1"), np.array(first), np.zeros((2, 2)))
+    expected, _ = make_strategy("variance_reduction").choose(context, 2, np.random.default_rng(0))
+    fresh = SelectionContext(allowed, pool, None, learner, ("u0", "u1"))
+    forgetting, _ = make_strategy("variance_reduction").choose(fresh, 2, np.random.default_rng(0))
+    assert second == expected.tolist()
+    assert second != forgetting.tolist()  # without the first decision it would choose otherwise
+
+
+def test_a_fixed_order_is_followed_across_decisions(files, tmp_path):
+    pool, _ = load_pool(files["set"], SIZE)
+    model = FixedModel(load_model(files["ensemble"]), pool.images)
+    order = [5, 3, 30, 1, 12]
+    result = design(model, unit_names(model.name, model.units), pool, 5, make_strategy("fixed", {"order": order}),
+                    batch=2)
+    assert [s.pool_index for s in result.stimuli] == order
+    assert [d["chosen"] for d in result.decisions] == [[5, 3], [30, 1], [12]]

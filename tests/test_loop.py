@@ -25,6 +25,8 @@ PRESENTATIONS = 220
 # alone or beside two CPU hogs, the rise was 0.35-0.67.
 RISE = 0.15
 LEARNABLE = (('kind = "orientation"', 'kind = "dot"\nradius = 0.1'), ("mean_rate = 60.0", "mean_rate = 120.0"))
+# The scratch core learns only when fine-tuned: every 32 responses here (not the default 256), 60 steps.
+FINETUNED = ("steps_per_update = 30", "steps_per_update = 60\nfinetune_every = 32\nlearning_rate = 0.003")
 # The simulated eye breaks fixation at random, about 20 times in a run of about 40 s: the chance
 # of no break at all is e^-20.
 FIXATION_BREAKS = 0.5  # per s
@@ -41,6 +43,9 @@ def session(tmp_path_factory, sim_files):
         rig_text = rig_text.replace(old, new)
     (tmp / "rig.toml").write_text(rig_text)
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
+    protocol_text = (tmp / "protocol.toml").read_text()
+    assert FINETUNED[0] in protocol_text
+    (tmp / "protocol.toml").write_text(protocol_text.replace(*FINETUNED))
     flip, count, stalled = HeadlessPresenter._flip, itertools.count(), []
 
     def stalling_flip(presenter, show_image, markers):
@@ -226,14 +231,18 @@ def test_every_flip_is_recorded(session):
     assert summary["frames"]["dropped_in_presentations"] == sum(m["dropped_frames"] for m in record.markers) >= 1
 
 
-def test_the_ensemble_is_checkpointed_in_the_session(session):
-    from closedloop.model.models import load_model
+def test_the_learner_is_checkpointed_in_the_session(session):
+    from closedloop.learn import OnlineLearner
 
-    _, record = session
+    summary, record = session
     folder = record.path / "checkpoints"
-    assert (folder / "ensemble-000100.pt").is_file()  # every 100 responses trained on...
     trained = record.accuracy[-1]["responses"]
-    assert len(list(folder.glob("ensemble-0*.pt"))) == trained // 100  # once per hundred, never again
-    final = load_model(folder / "ensemble-final.pt")  # ...and at the end, as an ordinary model file
-    assert final.output_shape == (5, 3)  # members x units
-    assert final.predict(record.pool.images[:4]).shape == (4, 15)
+    assert len(list(folder.glob("learner-0*.pt"))) == trained // 100 > 0  # once per hundred trained on...
+    final = OnlineLearner.from_checkpoint(folder / "learner-final.pt", record.pool.images)  # ...and at the end
+    try:
+        assert final.core.name == summary["core"] and summary["core"].startswith("scratch")
+        assert [e["core"] for e in record.events if e["kind"] == "model_ready"] == [summary["core"]]
+        assert final.predictions(np.arange(4)).shape == (5, 3, 4)  # members x units x images
+        assert (final.predictive(np.arange(4))[0] > 0).all()  # expected counts
+    finally:
+        final.close()

@@ -1,49 +1,49 @@
 """Selection efficiency on digital twins: how many trials each strategy needs.
 
-A simulated session here is the closed loop without the rig: each trial the
-strategy picks images from the pool, the digital twins (compact models of
-real V4 neurons, :class:`closedloop.simulate.neurons.Population`) give each a
-Poisson spike count in the 100 ms window, the learner refits, and every
-``every`` trials its prediction of the twins' true rates on held-out images
-is scored (Pearson r, median over twins). Strategies are the protocol's
-plug-ins (:mod:`closedloop.select.registry`), given the same
-:class:`~closedloop.select.strategies.SelectionContext` as in the live loop.
+A simulated session here is the closed loop without the rig, run by the loop's own parts: each
+decision the :class:`~closedloop.select.policy.SelectionPolicy` (random during the warm-up, no
+repeats, held-out images never offered) asks the strategy for images; the digital twins (compact
+models of real V4 neurons, :class:`closedloop.simulate.neurons.Population`) give each a Poisson
+spike count in the 100 ms window; the :class:`~closedloop.learn.OnlineLearner` learns them (one
+Woodbury step per decision) and ``update()`` runs its refreshes (the readouts' ridge and noise by
+the evidence), swapped in at once so every session is exactly reproducible. Every ``every``
+trials its prediction (:meth:`~closedloop.learn.OnlineLearner.predictive`) of the twins' true
+rates on held-out images is scored (Pearson r, median over twins). Strategies are the protocol's
+plug-ins (:mod:`closedloop.select.registry`).
 
-The learner is a readout on a fixed core (:class:`FeatureCore`: the layer-4
-features of other compact models, averaged over 4 x 4 pixel blocks,
-standardised and reduced by PCA over the pool) with a Bayesian linear-Gaussian
-readout per twin (:class:`BayesianReadout`); its posterior samples are the
-ensemble members the strategies see. The twins never share a model with the
-core: by default the core comes from models in the twin folder that are not
-evaluated.
+The learner's core is ``compact`` (:mod:`closedloop.learn.cores`): the layer-4 features of other
+compact models, averaged to 7 x 7 blocks, reduced by PCA over the pool (the held-out images are
+part of the learner's pool, as in the live loop, but never candidates). The twins never share a
+model with the core: by default the core comes from models in the twin folder that are not
+evaluated. The core is not fine-tuned here (``finetune_every = 0``: no held-out responses to
+judge a fine-tuned core by).
 
-Figures: trials to reach a target r (linear interpolation between scored
-points), the ratio of random's trials to each strategy's, and the mean true
-response of the shown images relative to random's (the drive).
+Figures: trials to reach a target r (linear interpolation between scored points), the ratio of
+random's trials to each strategy's, and the mean true response of the shown images relative to
+random's (the drive).
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from closedloop.config import NeuronSpec, SimulationSpec
+from closedloop.config import CoreSpec, ModelSpec, NeuronSpec, SimulationSpec
 from closedloop.errors import ClosedLoopError
-from closedloop.model.compact import CompactModel, find_published, load_published
-from closedloop.select.registry import make_strategy
-from closedloop.select.strategies import SelectionContext
+from closedloop.learn import OnlineLearner
+from closedloop.model.compact import find_published
+from closedloop.select.policy import SelectionPolicy
+from closedloop.select.registry import make_strategy, strategy_params
 from closedloop.simulate.neurons import CompactNeuron, Population
 from closedloop.stimuli import StimulusPool
 
 WINDOW = 0.1  # s: response window, so expected counts are rates x 0.1
-POOLING = 4  # px blocks over which core features are averaged (28 x 28 -> 7 x 7)
 
 
 # ----------------------------------------------------------------- the world --
@@ -128,159 +128,6 @@ def build_world(twins: list[Path], pool: StimulusPool, heldout: np.ndarray, seed
     return TwinWorld(names, pool, pool_rates, heldout, heldout_rates, population)
 
 
-# ------------------------------------------------------------------ learner --
-class FeatureCore:
-    """A fixed core: layer-4 features of compact models, block-averaged, standardised, PCA.
-
-    Parameters
-    ----------
-    models : list of CompactModel
-        Their cores make the features (their readouts are not used).
-    fit_images : ndarray
-        (K, 112, 112, 3) uint8 images that fix the standardisation and the PCA.
-    dims : int
-        Principal components kept.
-    """
-
-    def __init__(self, models: list[CompactModel], fit_images: np.ndarray, dims: int = 300,
-                 cache: Path | None = None):
-        self.models = models
-        raw = _cached(cache, f"core-{_digest(fit_images, text=str(len(models)) + str([m.nums_filters for m in models]))}",
-                      lambda: self._raw_numpy(fit_images))
-        self.mean, self.std = raw.mean(0), raw.std(0) + 1e-6
-        z = (raw - self.mean) / self.std
-        _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-        self.components = vt[:dims].T.astype(np.float32)  # (raw features, dims)
-        self.offset = (z.mean(0) @ self.components).astype(np.float32)
-        self.fitted = self.transform(raw)
-
-    def _raw(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, raw features) from float pixels (B, 112, 112, 3), 0-255, differentiably."""
-        parts = []
-        for model in self.models:
-            f = model.features(pixels)
-            side = int(round((f.shape[1] // model.nums_filters[-1]) ** 0.5))
-            f = f.view(len(pixels), side, side, -1).permute(0, 3, 1, 2)
-            parts.append(F.avg_pool2d(f, POOLING).flatten(1))
-        return torch.cat(parts, 1)
-
-    def _raw_numpy(self, images: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate([self._raw(torch.from_numpy(images[i:i + 128]).float()).numpy()
-                                   for i in range(0, len(images), 128)])
-
-    def transform(self, raw: np.ndarray) -> np.ndarray:
-        return ((raw - self.mean) / self.std).astype(np.float32) @ self.components - self.offset
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Features (B, dims) of (B, 112, 112, 3) uint8 images."""
-        return self.transform(self._raw_numpy(images))
-
-    def torch_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Differentiable features (B, dims) of float pixels (B, 112, 112, 3), 0-255."""
-        z = (self._raw(pixels) - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
-        return z.float() @ torch.from_numpy(self.components) - torch.from_numpy(self.offset)
-
-
-class BayesianReadout:
-    """Linear-Gaussian readouts, one per unit, on shared features.
-
-    For unit ``u``: counts ~ N(b_u + w_u . z, s_u^2) with prior w_u ~ N(0, s_u^2 / alpha I);
-    ``alpha`` (shared) is chosen by leave-one-out cross-validation at every fit.
-    The posterior of ``w_u`` is N(m_u, s_u^2 A^-1), A = Z'Z + alpha I.
-
-    Parameters
-    ----------
-    members : int
-        Posterior samples drawn as the ensemble members strategies see.
-    """
-
-    ALPHAS = np.logspace(-1, 5, 25)
-
-    def __init__(self, dims: int, units: int, members: int = 16, seed: int = 0):
-        self.dims, self.units, self.members = dims, units, members
-        self.rng = np.random.default_rng(seed)
-        self.weights = np.zeros((dims, units))
-        self.bias = np.zeros(units)
-        self.cov = np.eye(dims) * 1e3  # A^-1
-        self.noise = np.ones(units)  # s_u^2
-        self.alpha = 1.0
-        self.samples = np.zeros((members, dims, units))
-
-    def fit(self, z: np.ndarray, counts: np.ndarray) -> None:
-        """Refit on features (n, dims) and counts (n, units)."""
-        zc, yc = z - z.mean(0), counts - counts.mean(0)
-        n = len(z)
-        # The singular vectors of zc from the smaller Gram matrix. With n <= dims one of them is
-        # the constant vector (zc is centred): the intercept's direction, fitted, never shrunk.
-        if n <= self.dims:
-            eigenvalues, u = np.linalg.eigh(zc @ zc.T)
-            s2 = np.maximum(eigenvalues, 0.0)
-            intercept = np.abs(u.sum(0)) / np.sqrt(n) > 0.9
-        else:
-            eigenvalues, v = np.linalg.eigh(zc.T @ zc)
-            keep = eigenvalues > 1e-9 * eigenvalues.max()
-            s2 = eigenvalues[keep]
-            u = zc @ v[:, keep] / np.sqrt(s2)
-            intercept = np.zeros(len(s2), bool)
-        uty = u.T @ yc
-        best = None
-        for alpha in self.ALPHAS:  # leave-one-out error from the hat matrix, summed over units
-            shrink = np.where(intercept, 1.0, s2 / (s2 + alpha))
-            fitted = u @ (shrink[:, None] * uty)
-            remain = np.maximum((u ** 2) @ (1 - shrink) + (1 - (u ** 2).sum(1)), 1e-12)  # 1 - leverage
-            loo = (((yc - fitted) / remain[:, None]) ** 2).sum()
-            if best is None or loo < best[0]:
-                best = (loo, alpha, fitted, shrink.sum())
-        _, alpha, fitted, dof = best
-        self.alpha = alpha
-        a = zc.T @ zc + alpha * np.eye(self.dims)
-        self.cov = np.linalg.inv(a)
-        self.weights = self.cov @ zc.T @ yc
-        self.center = z.mean(0)
-        self.bias = counts.mean(0) - self.center @ self.weights
-        self.noise = np.maximum(((yc - fitted) ** 2).sum(0) / max(n - dof, 1.0), 1e-3)
-        chol = np.linalg.cholesky(self.cov + 1e-9 * np.eye(self.dims))
-        eps = self.rng.standard_normal((self.members, self.dims, self.units))
-        self.samples = self.weights + np.einsum("ij,mju->miu", chol, eps) * np.sqrt(self.noise)
-
-    def mean(self, z: np.ndarray) -> np.ndarray:
-        """Posterior mean prediction (units, B), counts per window."""
-        return (z @ self.weights + self.bias).T
-
-    def draws(self, z: np.ndarray) -> np.ndarray:
-        """Predictions of the posterior samples (members, units, B), floored at 0.01 spikes."""
-        return np.maximum(np.einsum("bi,miu->mub", z, self.samples) + self.bias[None, :, None], 0.01)
-
-
-class LearnerModel:
-    """What ``SelectionContext.model`` offers strategies in a simulated session: the core,
-    the readout's posterior samples as members (same contract as ``OnlineEnsemble``), and
-    the features the readout is linear in (``embedding``, with its ``ridge``)."""
-
-    def __init__(self, core: FeatureCore, readout: BayesianReadout, features: np.ndarray):
-        self.core, self.readout, self.features = core, readout, features
-
-    @property
-    def ridge(self) -> float:
-        return self.readout.alpha
-
-    def embedding(self, pool_index: np.ndarray) -> np.ndarray:
-        """Features (images, dims) of pool images."""
-        return self.features[pool_index]
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        """Expected counts (members, units, B) for (B, N, N, 3) uint8 images."""
-        return self.readout.draws(self.core(images))
-
-    def torch_predict(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Differentiable expected counts (members, units, B) for float pixels, 0-255."""
-        z = self.core.torch_features(pixels)
-        samples = torch.from_numpy(self.readout.samples).float()
-        out = torch.einsum("bi,miu->mub", z, samples) + torch.from_numpy(self.readout.bias).float()[None, :, None]
-        return out.clamp(min=0.01)
-
-
 # ----------------------------------------------------------------- sessions --
 @dataclass
 class SessionResult:
@@ -292,7 +139,8 @@ class SessionResult:
     r: list[float] = field(default_factory=list)  # median over twins
     drive: float = 0.0  # mean true expected count of the shown images (spikes per window)
     distinct: int = 0  # distinct images shown
-    seconds: float = 0.0  # wall time of the strategy's choices
+    seconds: float = 0.0  # wall time of the policy's decisions (strategy and predictions)
+    refreshes: int = 0  # learner refreshes swapped in
 
     def trials_to(self, target: float) -> float:
         """First trial count at which r reaches ``target`` (interpolated); inf if never."""
@@ -314,53 +162,73 @@ def heldout_r(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(np.median(r))
 
 
-def simulate_session(world: TwinWorld, core: FeatureCore, pool_features: np.ndarray,
-                     heldout_features: np.ndarray, strategy: str, params: dict | None = None,
+def core_folder(models: list[Path], folder: Path) -> Path:
+    """A folder of links to the chosen compact models (each ``.pt`` and its ``.nums_filters.npy``),
+    so a ``compact`` core (:class:`~closedloop.config.CoreSpec`) reads exactly those."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in models:
+        path = Path(path).resolve()
+        for source in (path, path.with_name(path.stem + ".nums_filters.npy")):
+            link = folder / source.name
+            if not link.exists():
+                link.symlink_to(source)
+    return folder
+
+
+def learner_spec(core: CoreSpec, members: int = 16) -> ModelSpec:
+    """The learner's settings in a simulated session: the loop's defaults, ``core``, and no
+    fine-tuning (see the module docstring)."""
+    return ModelSpec(core=core, members=members, finetune_every=0)
+
+
+def simulate_session(world: TwinWorld, spec: ModelSpec, strategy: str, params: dict | None = None,
                      budget: int = 400, batch: int = 4, warmup: int = 32, every: int = 16,
-                     no_repeat: int = 10_000, members: int = 16, seed: int = 0) -> SessionResult:
+                     no_repeat: int = 10_000, seed: int = 0, cache: Path | None = None) -> SessionResult:
     """Run one simulated session of ``budget`` trials (one image per trial).
 
-    The first ``warmup`` trials are random (as in the live loop); then the
-    strategy chooses ``batch`` images per decision from the pool, minus the
-    last ``no_repeat`` shown. The readout refits after every decision.
+    The learner's pool is the world's pool followed by its held-out images; the policy's
+    candidates are the pool alone. The first ``warmup`` trials are random; then the strategy
+    chooses ``batch`` images per decision, less the last ``no_repeat`` shown and the last
+    decision's. After each decision the learner learns its counts and updates; a refresh that
+    became due is run and swapped in at once.
     """
-    rng = np.random.default_rng(seed)
-    chooser, warm = make_strategy(strategy, params), make_strategy("random")
+    rng = np.random.default_rng([seed, 7])
+    units, held = tuple(world.names), len(world.heldout)
     pool = StimulusPool(world.pool.images, world.pool.families, world.pool.params)
-    rates = world.pool_rates
-    readout = BayesianReadout(core.components.shape[1], len(world.names), members, seed)
-    model = LearnerModel(core, readout, pool_features)
+    candidates = np.arange(len(pool))
+    heldout = pool.append(world.heldout, ["heldout"] * held, [{} for _ in range(held)])
+    rates = np.concatenate([world.pool_rates, world.heldout_rates])
+    learner = OnlineLearner(pool.images, len(units), spec, seed=seed, background=False, cache=cache)
+    policy = SelectionPolicy(make_strategy(strategy, params), learner, pool, candidates, units, batch,
+                             warmup=warmup, no_repeat=no_repeat, seed=seed)
     result = SessionResult(strategy, seed)
     shown: list[int] = []
-    counts: list[np.ndarray] = []
-
-    def add_images(images, families, params_list):
-        nonlocal rates
-        index = pool.append(images, families, params_list)
-        rates = np.concatenate([rates, world.rates(images)])
-        model.features = np.concatenate([model.features, core(images)])
-        return index
-
-    while len(shown) < budget:
-        allowed = np.setdiff1d(np.arange(len(pool)), shown[-no_repeat:])
-        use = warm if len(shown) < warmup else chooser
-        context = SelectionContext(allowed, pool, readout.draws(model.features[allowed]) if use.needs_model else None,
-                                   model, tuple(world.names), np.array(shown, int),
-                                   np.array(counts).reshape(len(shown), len(world.names)), add_images)
-        started = time.perf_counter()
-        chosen, _ = use.choose(context, min(batch, budget - len(shown)), rng)
-        result.seconds += time.perf_counter() - started
-        for index in chosen:
-            count = rng.poisson(rates[index]).astype(float)
-            shown.append(int(index))
-            counts.append(count)
-            chooser.observe(int(index), count)
-        readout.fit(model.features[shown], np.array(counts))
-        if len(shown) // every > (len(shown) - len(chosen)) // every or len(shown) == budget:
-            result.trials.append(len(shown))
-            result.r.append(heldout_r(readout.mean(heldout_features), world.heldout_rates))
+    try:
+        while len(shown) < budget:
+            policy.batch = min(batch, budget - len(shown))
+            started = time.perf_counter()
+            decision = policy.decide(len(shown))
+            result.seconds += time.perf_counter() - started
+            if len(decision.added):  # images the strategy made: the twins rate them too
+                rates = np.concatenate([rates, world.rates(pool.images[len(rates):])])
+            chosen = decision.chosen[:budget - len(shown)]
+            counts = rng.poisson(rates[chosen]).astype(float)
+            learner.learn(chosen, counts)
+            for index, count in zip(chosen, counts):
+                policy.observe(int(index), count)
+            shown += [int(i) for i in chosen]
+            learner.update()
+            if learner.refreshing:
+                learner.swap(wait=True)
+            if len(shown) // every > (len(shown) - len(chosen)) // every or len(shown) == budget:
+                result.trials.append(len(shown))
+                result.r.append(heldout_r(learner.predictive(heldout)[0], world.heldout_rates))
+    finally:
+        learner.close()
     result.drive = float(rates[shown].mean())
     result.distinct = len(set(shown))
+    result.refreshes = learner.core_version
     return result
 
 
@@ -460,25 +328,28 @@ class EfficiencyReport:
         Path(path).write_text(json.dumps(data, indent=1, default=float))
 
 
-def run_efficiency(world: TwinWorld, core: FeatureCore, strategies: dict[str, dict], budget: int = 400,
-                   seeds: int = 3, target: float | None = None, log=print, **session) -> EfficiencyReport:
-    """Simulated sessions for each strategy (``{name: params}``, random always included) and seed.
+def run_efficiency(world: TwinWorld, core: CoreSpec, strategies: dict[str, dict], budget: int = 400,
+                   seeds: int = 3, target: float | None = None, log=print, members: int = 16,
+                   cache: Path | None = None, **session) -> EfficiencyReport:
+    """Simulated sessions for each strategy (``{name: params}``, random always included) and seed,
+    each with a fresh :class:`~closedloop.learn.OnlineLearner` on ``core`` (features cached in
+    ``cache``, default the learner's own cache folder).
 
     ``target`` defaults to the r random reaches at the full budget (median over seeds), so
     random needs about ``budget`` trials and a strategy's ratio says how many fewer it needs.
     """
-    pool_features, heldout_features = core.fitted, core(world.heldout)
+    spec = learner_spec(core, members)
     names = {"random": {}, **strategies}
     sessions: dict[str, list[SessionResult]] = {}
     for name, params in names.items():
-        make_strategy(name, params)  # a bad name or setting fails before any session runs
+        strategy_params(name, params)  # a bad name or setting fails before any session runs
     for name, params in names.items():
         sessions[name] = []
         with threadpool_limits(1):  # a multi-threaded BLAS on a shared machine is many times slower
             for seed in range(seeds):
                 started = time.perf_counter()
-                run = simulate_session(world, core, pool_features, heldout_features, name, params,
-                                       budget=budget, seed=seed, **session)
+                run = simulate_session(world, spec, name, params, budget=budget, seed=seed, cache=cache,
+                                       **session)
                 sessions[name].append(run)
                 log(f"{name} seed {seed}: r {run.r[-1]:.3f} after {budget} trials "
                     f"({time.perf_counter() - started:.0f} s)")
@@ -492,7 +363,7 @@ def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path:
                           strategies: dict[str, dict] | None = None, budget: int = 400, batch: int = 4,
                           seeds: int = 3, target: float | None = None, cache: Path | None = None,
                           seed: int = 0, log=print) -> EfficiencyReport:
-    """:func:`run_efficiency` from files: twins, pool and held-out images, the feature models."""
+    """:func:`run_efficiency` from files: twins, pool and held-out images, the core's models."""
     from closedloop.stimuli.load import load_pool
 
     twins, rest = twin_paths(Path(twins_dir), limit, seed)
@@ -500,6 +371,10 @@ def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path:
         rest = find_published(Path(features_dir))
         if not rest:
             raise ClosedLoopError(f"features {features_dir}: no compact models")
+        twin_names = {p.name for p in twins}
+        rest = [p for p in rest if p.name not in twin_names]  # a twin never makes the features
+        if not rest:
+            raise ClosedLoopError(f"features {features_dir}: every compact model in it is a twin")
     chosen = np.random.default_rng(seed + 1).permutation(len(rest))[:core_models]
     core_paths = [rest[i] for i in sorted(chosen)]
     pool = distinct(load_pool(path, 112)[0] for path in pool_paths)
@@ -507,5 +382,7 @@ def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path:
     log(f"pool: {len(pool)} images; held-out: {min(heldout_limit, len(heldout))}; twins: {len(twins)}; "
         f"core: {', '.join(p.stem for p in core_paths)}")
     world = build_world(twins, pool, heldout.images[:heldout_limit], seed, cache, log)
-    core = FeatureCore([load_published(p) for p in core_paths], pool.images, cache=cache)
-    return run_efficiency(world, core, strategies or {}, budget, seeds, target, log, batch=batch)
+    with tempfile.TemporaryDirectory(prefix="closedloop-core-") as folder:
+        core = CoreSpec(kind="compact", path=core_folder(core_paths, Path(folder)), layer="4")
+        return run_efficiency(world, core, strategies or {}, budget, seeds, target, log, batch=batch,
+                              cache=None if cache is None else Path(cache) / "features")

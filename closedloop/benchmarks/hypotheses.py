@@ -7,7 +7,8 @@ rig or LSL: counts are drawn in-process, so this measures the design alone.
 Every neuron is tested twice, with fresh counts:
 
 - **adaptive** — the ``hypothesis`` strategy chooses ``batch`` stimuli per
-  decision from the whole pool (every stimulus is always allowed);
+  decision from the whole pool, through the live loop's selection policy
+  (every stimulus but those of the decision before);
 - **fixed** — the pool's stimuli in random order (each once, then a new
   order), the posterior updated in the same way.
 
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from closedloop.select.hypotheses import MODELS, Features, HypothesisStrategy
+from closedloop.select.policy import SelectionPolicy
 from closedloop.select.registry import make_strategy
-from closedloop.select.strategies import SelectionContext
 from closedloop.stimuli import StimulusPool
 from closedloop.stimuli.contours import Contour, standard_set
 from closedloop.stimuli.families import Dot
@@ -102,20 +103,24 @@ class HypothesisBenchResult:
 
 def _test(neuron: np.ndarray, design: str, pool: StimulusPool, params: dict, batch: int,
           rng: np.random.Generator) -> tuple[str | None, int]:
-    """One run: the decision (or None) and the responses used; ``neuron`` is (K,) expected counts."""
+    """One run: the decision (or None) and the responses used; ``neuron`` is (K,) expected counts.
+    The adaptive design chooses through the live loop's :class:`SelectionPolicy` (so, as live, not
+    the images of the decision before)."""
     strategy: HypothesisStrategy = make_strategy("hypothesis", params)
     strategy.attach((UNIT,), pool)
-    everything, budget = np.arange(len(pool)), params["budget"]
-    context = SelectionContext(everything, pool, units=(UNIT,))
+    budget = params["budget"]
+    policy = SelectionPolicy(strategy, None, pool, np.arange(len(pool)), (UNIT,), batch,
+                             seed=int(rng.integers(2**32)))
     order: list[int] = []
     while not strategy.finished:
         if design == "adaptive":
-            chosen, _ = strategy.choose(context, min(batch, budget - strategy.responses), rng)
+            policy.batch = min(batch, budget - strategy.responses)
+            chosen = policy.decide(strategy.responses).chosen
         else:
             order = order or rng.permutation(len(pool)).tolist()
             chosen = [order.pop()]
         for index in chosen:
-            strategy.observe(index, rng.poisson(neuron[index], size=1).astype(float))
+            policy.observe(index, rng.poisson(neuron[index], size=1).astype(float))
             if strategy.finished:
                 break
     return strategy.decided, strategy.responses

@@ -114,14 +114,18 @@ class CompactModel(nn.Module):
         torch.Tensor
             (B, 28 * 28 * n4) features; ``readout(features(x)) == forward(x)``.
         """
+        return self.feature_maps(images).permute(0, 2, 3, 1).flatten(1)  # (row, column, channel)
+
+    def feature_maps(self, images: torch.Tensor, layer: int = 4) -> torch.Tensor:
+        """The output of layer ``layer`` (0-4) for (B, H, W, 3) pixels 0-255: (B, channels, H', W')."""
         layers = self.layers
         x = images.to(self.channel_means.dtype).permute(0, 3, 1, 2) - self.channel_means
         x = self._conv_bn_relu(x, layers["layer0_conv"], layers["layer0_bn"], padding=2)
-        for i in range(1, 5):
+        for i in range(1, layer + 1):
             pad = (1, 2, 1, 2) if i <= 2 else (2, 2, 2, 2)
             x = layers[f"layer{i}_conv_depth"](F.pad(x, pad))
             x = self._conv_bn_relu(x, layers[f"layer{i}_conv_point"], layers[f"layer{i}_bn"])
-        return x.permute(0, 2, 3, 1).flatten(1)  # (row, column, channel): channels last
+        return x
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:
         """The dense readout ``Beta`` of :meth:`features`: (B, 28 * 28 * n4) -> (B,)."""

@@ -18,7 +18,10 @@ File kinds :func:`load_model` accepts
   attribute of the module, else any size is run as given;
 - closedloop's own files written by :func:`save_model`: a torch file holding a
   small header (format, kind, constructor arguments) and the state dict,
-  loaded with ``weights_only=True``.
+  loaded with ``weights_only=True``;
+- a learner checkpoint (a session's ``checkpoints/learner-*.pt``): its core,
+  projection and posterior-mean readouts, one expected count per unit
+  (:class:`closedloop.learn.learner.LearnerPixels`).
 
 Output order
 ------------
@@ -318,6 +321,24 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _exposing(path: Path, output: str) -> bytes:
+    """The ONNX model at ``path`` with the graph value ``output`` made a graph output (serialised)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # noqa: BLE001
+        raise ClosedLoopError(f"{path}: unreadable or corrupt ONNX file ({_one_line(error)})") from None
+    graph = proto.graph
+    values = [v for node in graph.node for v in node.output]
+    if output not in values:
+        shown = ", ".join(values[:8]) + (", ..." if len(values) > 8 else "")
+        raise ClosedLoopError(f"{path}: no value named {output!r} in the graph (values: {shown})")
+    if output not in [o.name for o in graph.output]:
+        graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    return proto.SerializeToString()
+
+
 class OnnxModel(ImageModel):
     """An ONNX image model run with onnxruntime on the CPU.
 
@@ -331,15 +352,19 @@ class OnnxModel(ImageModel):
         onnxruntime intra-op threads; default: the cores this process may use.
     name : str, optional
         Short name; default the file's stem.
+    output : str, optional
+        The value to return, by its name in the graph (e.g. an intermediate layer's output, to use
+        the model as a feature core); default the model's first output.
 
     Raises
     ------
     ClosedLoopError
         One line naming the file when it is missing, unreadable, or not an
-        image model.
+        image model, or naming ``output`` when the graph has no such value.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, name: str | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, name: str | None = None,
+                 output: str | None = None):
         import onnxruntime as ort
 
         path = Path(path)
@@ -352,7 +377,10 @@ class OnnxModel(ImageModel):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            source = str(path) if output is None else _exposing(path, output)
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except ClosedLoopError:
+            raise
         except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
             raise ClosedLoopError(f"{path}: unreadable or corrupt ONNX file ({_one_line(error)})") from None
         inputs = session.get_inputs()
@@ -393,7 +421,7 @@ class OnnxModel(ImageModel):
         self._dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
                        "tensor(float16)": np.float16}[spec.type]
         self._batch_fixed = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        self._output_name = session.get_outputs()[0].name
+        self._output_name = output or session.get_outputs()[0].name
         side = self.input_px or 112
         try:
             probe = self._run(np.zeros((1, side, side, 3), np.float32))
@@ -651,13 +679,15 @@ def load_model(path: str | Path) -> ImageModel:
     ----------
     path : str or Path
         A published compact model ``.pt`` (with its sibling
-        ``.nums_filters.npy``), an ``.onnx`` file, a TorchScript file, or a
-        file written by :func:`save_model`.
+        ``.nums_filters.npy``), an ``.onnx`` file, a TorchScript file, a
+        file written by :func:`save_model`, or a learner checkpoint (a
+        session's ``checkpoints/learner-*.pt``).
 
     Returns
     -------
     ImageModel
-        Published models give (B, 1) outputs; ensembles (B, members * neurons).
+        Published models give (B, 1) outputs; ensembles (B, members * neurons);
+        learner checkpoints (B, units) posterior-mean expected counts.
 
     Raises
     ------
@@ -687,6 +717,10 @@ def load_model(path: str | Path) -> ImageModel:
         raise ClosedLoopError(f"{path}: unreadable or corrupt model file ({_one_line(error)})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _load_own(path, obj)
+    if isinstance(obj, dict) and obj.get("format") == "closedloop-learner":
+        from closedloop.learn.learner import checkpoint_model  # the learner package builds on this toolbox
+
+        return checkpoint_model(path)
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ClosedLoopError(f"{path}: a bare state dict; a published compact model needs its sibling "
                               f"{path.stem}.nums_filters.npy, otherwise save with closedloop's save_model")

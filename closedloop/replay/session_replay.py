@@ -2,24 +2,23 @@
 
 Spikes and onsets go through :class:`closedloop.align.windows.ResponseAligner`
 in time order, as the ingestion thread feeds it live; the counted responses go
-through the model worker's :class:`closedloop.model.worker.Learner`, in this
+through the model worker's :class:`closedloop.learn.worker.WorkerState`, in this
 thread, as fast as the machine allows.
 
 Two pacings:
 
 * **recorded** (a session directory whose decisions log ``received`` and
   ``core_version``): the responses are handed over in the live batches and
-  retrained cores are swapped in at the live steps, so every decision is
+  learner refreshes are swapped in at the live steps, so every decision is
   made again exactly (see the reproducibility contract in
-  ``closedloop.model.worker``); each decision is checked against the log, and
-  so is each accuracy report.
+  ``closedloop.learn.worker``); fine-tuned cores are read from the session's
+  ``cores/`` instead of being trained again. Each decision is checked against
+  the log, and so is each accuracy report.
 * **cadence** (any other recording, or when asked): a decision every
-  ``every`` responses, retrained cores swapped in every ``retrain_every``
+  ``every`` responses, refreshes swapped in every ``refresh_every``
   responses, an accuracy report every ``accuracy_every``. This is the fast
-  mode: it does not reproduce live decisions. Live, the core retraining
-  runs back to back and a decision follows nearly every response, so a
-  faithful replay takes about as long as its session; the fast mode's speed
-  grows with how sparse it is (``bench/replay_speed.py`` measures both).
+  mode: it does not reproduce live decisions, and it fine-tunes cores itself.
+  ``bench/replay_speed.py`` measures both.
 
 With an alternative strategy, each decision also asks it what it would have
 chosen in the same context (its own random stream; stimuli it synthesises go
@@ -38,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pylsl
 import torch
+from threadpoolctl import threadpool_limits
 
 from closedloop.align.windows import ResponseAligner
 from closedloop.errors import ClosedLoopError
-from closedloop.model.worker import ACCURACY_EVERY, Learner, WorkerConfig
+from closedloop.learn.worker import (ACCURACY_EVERY, Accuracy, Choice, Message, Response, Stopped, WorkerConfig,
+                                     WorkerState, cores_folder)
 from closedloop.replay.sources import ReplaySource
 from closedloop.replay.twin import Twin
 from closedloop.select.registry import make_strategy
@@ -55,11 +55,12 @@ ALTERNATIVE_STREAM = 7  # the alternative strategy draws from default_rng(seed +
 
 @dataclass(frozen=True)
 class Cadence:
-    """The fast pacing: a decision every ``every`` responses, retrained cores swapped in every
-    ``retrain_every`` responses, an accuracy report every ``accuracy_every`` (live: 10)."""
+    """The fast pacing: a decision every ``every`` responses, the learner's refresh in flight
+    swapped in every ``refresh_every`` responses, an accuracy report every ``accuracy_every``
+    (live: 10)."""
 
     every: int
-    retrain_every: int
+    refresh_every: int
     accuracy_every: int = ACCURACY_EVERY
 
 
@@ -97,78 +98,80 @@ def align(source: ReplaySource) -> list[dict]:
 
 
 class _Run:
-    """One replay's state: the learner of the current worker lifetime, what was decided and logged."""
+    """One replay's state: the worker state of the current lifetime, what was decided and logged.
 
-    def __init__(self, source: ReplaySource, config: WorkerConfig, alternative: str | None):
+    ``alternative`` (built once) is copied afresh for every lifetime, as the session's strategy is.
+    """
+
+    def __init__(self, source: ReplaySource, config: WorkerConfig, alternative: Strategy | None):
         self.source, self.config = source, config
-        self.alternative_name = alternative
+        self.alternative_strategy = alternative
         self.decisions: list[dict] = []  # one record per replayed decision
         self.accuracy: list[dict] = []  # replayed accuracy reports
         self.alternative_images: dict[int, np.ndarray] = {}  # decision -> images the alternative synthesised
-        self.learner: Learner | None = None
+        self.state: WorkerState | None = None
         self.alternative: Strategy | None = None
-        self.seconds = {"model": 0.0, "selection": 0.0, "alternative": 0.0, "retrain": 0.0}
+        self.seconds = {"model": 0.0, "selection": 0.0, "alternative": 0.0, "refresh": 0.0}
 
-    def start(self) -> None:
-        """A new worker lifetime: a fresh learner (and alternative), and its first decision."""
-        if self.learner is not None:
+    def start(self, recorded: Path | None = None) -> None:
+        """A new worker lifetime: a fresh worker state (and alternative), and its first decision;
+        fine-tuned cores are read from ``recorded`` when given."""
+        if self.state is not None:
             self.close()
-        self.learner = Learner(self.config, background=False)
-        self.learner.on_decision = self._decided
-        if self.alternative_name is not None:
-            selection = self.config.selection
-            params = selection.params if self.alternative_name == selection.strategy else {}
-            self.alternative = make_strategy(self.alternative_name, params)
-            self.alternative.check(list(self.config.units), self.learner.pool)
+        self.state = WorkerState(dataclasses.replace(self.config, recorded=recorded), background=False)
+        self.state.on_decision = self._decided
+        if self.alternative_strategy is not None:
+            self.alternative = copy.deepcopy(self.alternative_strategy)
             self.alternative_rng = np.random.default_rng(self.config.seed + ALTERNATIVE_STREAM)
         started = time.perf_counter()
-        self.learner.begin(self._send)
+        self.state.begin(self._send)
         self.seconds["model"] += time.perf_counter() - started
 
-    def step(self, batch: list[tuple[int, np.ndarray, bool]], swap: bool) -> None:
+    def step(self, batch: list[Response], swap: bool) -> None:
         if self.alternative is not None:
-            for pool_index, counts, heldout in batch:
-                if not heldout:
-                    self.alternative.observe(pool_index, counts)
+            for r in batch:
+                if not r.heldout:
+                    self.alternative.observe(r.pool_index, r.counts)
         started = time.perf_counter()
-        self.learner.step(batch, pylsl.local_clock(), self._send, swap=swap)
+        self.state.step(batch, self._send, swap=swap)
         self.seconds["model"] += time.perf_counter() - started
 
     def close(self, finish: bool = False) -> None:
         """End the lifetime: with ``finish``, as the worker stops (its last accuracy report)."""
         if finish:
-            self.learner.finish(self._send)
+            self.state.finish(self._send)
         else:
-            self.learner.ensemble.close()
-        self.seconds["retrain"] += self.learner.ensemble.retrain_seconds
+            self.state.learner.close()
+        self.seconds["refresh"] += self.state.learner.refresh_seconds
 
-    def _send(self, kind: str, payload: dict) -> None:
-        if kind in ("accuracy", "stopped"):
-            self.accuracy.append(payload)
-        elif kind == "choice":
-            self.seconds["selection"] += payload["choose_ms"] / 1000.0
-            self.seconds["model"] -= payload["choose_ms"] / 1000.0
+    def _send(self, message: Message) -> None:
+        if isinstance(message, Accuracy):
+            self.accuracy.append(message.record())
+        elif isinstance(message, Stopped):
+            self.accuracy.append(message.accuracy.record())
+        elif isinstance(message, Choice):
+            self.seconds["selection"] += message.choose_ms / 1000.0
+            self.seconds["model"] -= message.choose_ms / 1000.0
 
-    def _decided(self, context: SelectionContext, decision: dict) -> None:
+    def _decided(self, context: SelectionContext, choice: Choice) -> None:
         record = {"decision": len(self.decisions),
-                  **{k: decision[k] for k in ("strategy", "received", "responses", "core_version",
-                                               "cores_trained_on", "chosen")}}
-        if self.alternative is not None and decision["strategy"] == self.config.selection.strategy:
+                  **{k: getattr(choice, k) for k in ("strategy", "received", "responses", "core_version",
+                                                      "cores_trained_on", "chosen")}}
+        if self.alternative is not None and choice.strategy == self.config.strategy.name:
             started = time.perf_counter()
             record["alternative"] = self._ask_alternative(context, record["decision"])
             asking = time.perf_counter() - started
             self.seconds["alternative"] += asking
-            self.seconds["model"] -= asking  # it ran inside the learner's step
+            self.seconds["model"] -= asking  # it ran inside the worker's step
         self.decisions.append(record)
 
     def _ask_alternative(self, context: SelectionContext, decision: int) -> list[int]:
-        """What the alternative strategy chooses in ``context``, leaving the learner untouched."""
+        """What the alternative strategy chooses in ``context``, leaving the learner untouched: its
+        new images go to a scratch pool, and the learner's stream of posterior draws (members come
+        from it) is put back as it was."""
         scratch = _scratch(context.pool)
-        predictions = context.predictions
-        if predictions is None and self.alternative.needs_model:
-            predictions = context.model.predictions()[:, :, context.allowed]
-        asked = dataclasses.replace(context, pool=scratch, predictions=predictions, add_images=scratch.append)
-        with torch.random.fork_rng():  # a strategy drawing from torch leaves the live stream alone
+        asked = dataclasses.replace(context, pool=scratch, add_images=scratch.append)
+        with self.state.learner.draws_kept(), torch.random.fork_rng():  # torch's stream too
             chosen, _ = self.alternative.choose(asked, self.config.selection.batch, self.alternative_rng)
         added = chosen[chosen >= len(context.pool)]
         if len(added):
@@ -196,7 +199,8 @@ def replay(source: ReplaySource, out: Path, strategy: str | None = None, seed: i
         strategy made (not during warm-up), scored by a digital twin.
     seed : int, optional
         Seed of the model and strategy streams (default: the session's; the
-        held-out split stays the session's).
+        held-out split stays the session's). With another seed, cores are
+        fine-tuned again instead of read from the session's ``cores/``.
     cadence : Cadence, optional
         Pace by rule (fast; decisions are not reproduced). Required for a
         source without a decision log that has ``received`` counts.
@@ -211,9 +215,12 @@ def replay(source: ReplaySource, out: Path, strategy: str | None = None, seed: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     protocol = source.protocol
-    seed = protocol.protocol.seed if seed is None else seed
+    units = [u.name for u in source.units]
+    alternative = None
     if strategy is not None:
-        make_strategy(strategy, protocol.selection.params if strategy == protocol.selection.strategy else {})
+        alternative = make_strategy(strategy, protocol.selection.params if strategy == protocol.selection.strategy
+                                    else {})
+        alternative.check(units, source.pool)
     recorded = cadence is None
     if recorded and not (source.selections and all("received" in s for s in source.selections)):
         what = "has no logged decisions" if not source.selections else "logged its decisions without " \
@@ -223,25 +230,31 @@ def replay(source: ReplaySource, out: Path, strategy: str | None = None, seed: i
     if pool_path is None:
         pool_path = out / "stimuli.npz"
         source.pool.save(pool_path)
-    config = WorkerConfig(pool_path=pool_path, units=tuple(u.name for u in source.units), model=protocol.model,
-                          selection=protocol.selection, candidates=tuple(source.candidates.tolist()),
-                          heldout=tuple(source.heldout.tolist()), seed=seed, truth=source.truth,
+    session_seed = protocol.protocol.seed
+    config = WorkerConfig(pool_path=pool_path, units=tuple(units), model=protocol.model,
+                          selection=protocol.selection,
+                          strategy=make_strategy(protocol.selection.strategy, protocol.selection.params),
+                          candidates=tuple(source.candidates.tolist()), heldout=tuple(source.heldout.tolist()),
+                          seed=session_seed if seed is None else seed, truth=source.truth,
                           accuracy_every=cadence.accuracy_every if cadence else ACCURACY_EVERY)
+    # The session's fine-tuned cores, when the replay would make the same ones.
+    session = source.source if recorded and source.source.is_dir() and config.seed == session_seed else None
 
     started = time.perf_counter()
     counted = align(source)
     align_s = time.perf_counter() - started
     responses, notes = _live_order(source, counted)
-    run = _Run(source, config, strategy)
-    if recorded:
-        check = _replay_recorded(run, source, responses, notes)
-    else:
-        check = _replay_at_cadence(run, responses, cadence)
+    run = _Run(source, config, alternative)
+    with threadpool_limits(protocol.model.threads):  # as the worker runs: the same sums, bit for bit
+        if recorded:
+            check = _replay_recorded(run, source, responses, notes, session)
+        else:
+            check = _replay_at_cadence(run, responses, cadence)
     total_s = time.perf_counter() - started
 
     report = {
         "source": str(source.source), "pacing": "recorded" if recorded else dataclasses.asdict(cadence),
-        "seed": seed, "strategy": protocol.selection.strategy, "units": [u.name for u in source.units],
+        "seed": config.seed, "strategy": protocol.selection.strategy, "units": units,
         "presentations": len(source.presentations), "responses": len(responses),
         "trained_on": sum(not r["heldout"] for r in responses),
         "decisions": len(run.decisions), **check,
@@ -281,12 +294,15 @@ def _live_order(source: ReplaySource, counted: list[dict]) -> tuple[list[dict], 
              "sent": not (r["gap"] or r["aborted"]) and r["pool_index"] is not None} for r in ordered], notes
 
 
-def _feed(responses: list[dict]) -> list[tuple[int, np.ndarray, bool]]:
-    return [(r["pool_index"], r["counts"], r["heldout"]) for r in responses if r["sent"]]
+def _feed(responses: list[dict]) -> list[Response]:
+    """The responses the worker got, as it got them (not timed: ``completed_at`` is NaN)."""
+    return [Response(r["pool_index"], r["counts"], r["heldout"], math.nan) for r in responses if r["sent"]]
 
 
-def _replay_recorded(run: _Run, source: ReplaySource, responses: list[dict], notes: list[str]) -> dict:
-    """Each worker lifetime (one, plus one per resume) with its logged batches and swaps."""
+def _replay_recorded(run: _Run, source: ReplaySource, responses: list[dict], notes: list[str],
+                     session: Path | None) -> dict:
+    """Each worker lifetime (one, plus one per resume) with its logged batches and swaps; fine-tuned
+    cores are read from ``session``'s :func:`~closedloop.learn.worker.cores_folder` when given."""
     lifetimes = [k for k, s in enumerate(source.selections) if s["received"] == 0] + [len(source.selections)]
     if len(lifetimes) - 1 != len(source.resumes) + 1:
         raise ClosedLoopError(f"session {source.source}: selections.jsonl shows {len(lifetimes) - 1} model worker "
@@ -298,15 +314,15 @@ def _replay_recorded(run: _Run, source: ReplaySource, responses: list[dict], not
         feed = _feed([r for r in responses if lo <= r["index"] < hi])
         if life:  # a resumed worker first learns every recorded response, as the loop sends them
             feed = _feed([r for r in responses if r["index"] < lo]) + feed
-        run.start()
+        run.start(None if session is None else cores_folder(session, life))
         for logged in source.selections[first:end]:
             if logged["received"] > len(feed):
                 notes.append(f"decisions after {len(feed)} responses are not replayed: their responses "
                              "are not in responses.jsonl (the run was cut short)")
                 break
             if logged["received"]:  # the first decision of a lifetime comes before any response
-                behind = logged["core_version"] - run.learner.ensemble.core_version
-                run.step(feed[run.learner.received:logged["received"]], swap=behind > 0)
+                behind = logged["core_version"] - run.state.learner.core_version
+                run.step(feed[run.state.received:logged["received"]], swap=behind > 0)
             made = run.decisions[-1]
             same = all(made[k] == logged[k] for k in ("chosen", "core_version", "cores_trained_on", "responses"))
             made["logged_chosen"], made["reproduced"] = logged["chosen"], same
@@ -314,8 +330,8 @@ def _replay_recorded(run: _Run, source: ReplaySource, responses: list[dict], not
             if not same and divergence is None:
                 divergence = made["decision"]
         last = life == len(lifetimes) - 2
-        if last and source.complete and run.learner.received < len(feed):
-            notes.append(f"{len(feed) - run.learner.received} responses after the last logged decision")
+        if last and source.complete and run.state.received < len(feed):
+            notes.append(f"{len(feed) - run.state.received} responses after the last logged decision")
         run.close(finish=last and source.complete)
     compared = len(source.accuracy) if len(lifetimes) == 2 else 0  # reports carry no lifetime mark
     equal = sum(_same_report(a, b) for a, b in zip(run.accuracy, source.accuracy[:compared]))
@@ -334,7 +350,7 @@ def _replay_at_cadence(run: _Run, responses: list[dict], cadence: Cadence) -> di
     swapped_at = 0
     for start in range(0, len(feed), cadence.every):
         batch = feed[start:start + cadence.every]
-        swap = run.learner.ensemble.retraining and start + len(batch) - swapped_at >= cadence.retrain_every
+        swap = run.state.learner.refreshing and start + len(batch) - swapped_at >= cadence.refresh_every
         swapped_at = start + len(batch) if swap else swapped_at
         run.step(batch, swap=swap)
     run.close(finish=True)
@@ -347,8 +363,9 @@ def _compare(run: _Run, responses: list[dict], strategy: str, epochs: int) -> di
     trained = [(r["pool_index"], r["counts"]) for r in responses if r["sent"] and not r["heldout"]]
     if not trained:
         raise ClosedLoopError(f"{run.source.source}: no trained-on responses to fit a digital twin to")
-    pool = run.learner.pool
-    twin = Twin(pool.images, trained, run.config.model, run.config.seed, epochs)
+    heldout = [(r["pool_index"], r["counts"]) for r in responses if r["sent"] and r["heldout"]]
+    pool = run.state.pool
+    twin = Twin(pool.images, trained, run.config.model, run.config.seed, epochs, heldout)
     online, alternative, same = [], [], []
     for d in run.decisions:
         if "alternative" not in d:
@@ -363,7 +380,6 @@ def _compare(run: _Run, responses: list[dict], strategy: str, epochs: int) -> di
         online.append(theirs)
         alternative.append(predicted.mean(axis=1))
         same.append(len(set(d["chosen"]) & set(d["alternative"])) / max(len(d["chosen"]), 1))
-    heldout = [(r["pool_index"], r["counts"]) for r in responses if r["sent"] and r["heldout"]]
     summary = {"strategy": strategy, "decisions": len(online),
                "twin": {"trained_on": twin.trained_on, "epochs": twin.epochs,
                         "heldout": twin.heldout_accuracy(heldout)}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from closedloop.errors import ClosedLoopError
 from closedloop.select.hypotheses import HypothesisStrategy
@@ -22,9 +22,9 @@ STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (
 )}
 
 
-def make_strategy(name: str, params: dict[str, Any] | None = None) -> Strategy:
-    """The strategy called ``name`` with its settings validated; a one-line error names
-    the unknown strategy (listing the known ones) or the bad setting."""
+def strategy_params(name: str, params: dict[str, Any] | None = None) -> BaseModel:
+    """The settings of the strategy called ``name``, validated (without building the strategy); a
+    one-line error names the unknown strategy (listing the known ones) or the bad setting."""
     try:
         cls = STRATEGIES[name]
     except KeyError:
@@ -32,9 +32,15 @@ def make_strategy(name: str, params: dict[str, Any] | None = None) -> Strategy:
             f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
         ) from None
     try:
-        return cls(cls.Params(**(params or {})))
+        return cls.Params(**(params or {}))
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "params"
         message = error["msg"].removeprefix("Value error, ")
         raise ClosedLoopError(f"strategy {name!r}: params.{where}: {message}") from None
+
+
+def make_strategy(name: str, params: dict[str, Any] | None = None) -> Strategy:
+    """The strategy called ``name`` with its settings validated (:func:`strategy_params`)."""
+    settings = strategy_params(name, params)  # an unknown name fails here
+    return STRATEGIES[name](settings)

@@ -3,22 +3,23 @@
 A strategy is named in the protocol (``[selection] strategy``) with its
 settings in ``[selection.params]``, which its ``Params`` model validates on
 load. Each decision it gets a :class:`SelectionContext` (the images it may
-choose, the ensemble's predictions for them, the pool and the live model)
+choose, the model's predictions for them, the pool and the live model)
 and returns the pool indices to show next with a score for each (higher is
 better). Stateful strategies (hypothesis tests, fixed lists) also see every
 response through :meth:`Strategy.observe` and may say they are finished.
 
-What each scores (lambda_m: member m's expected count of a unit):
+What each scores (lambda: a unit's expected count; its mean and variance over the model's
+posterior, lambda_m: its value under posterior draw m):
 
 - ``random``: uniform over the allowed candidates.
 - ``fixed``: a given list, in order.
 - ``gaudy``: gaudy versions of random allowed images (Cowley & Pillow 2020).
-- ``disagreement``: mean over units of var_m(lambda_m) / mean_m(lambda_m).
-- ``info_gain``: sum over units of the information I(count; member) under Poisson counts.
-- ``max_response``: mean_m lambda_m of one unit, or its mean over units.
+- ``disagreement``: mean over units of var(lambda) / mean(lambda).
+- ``info_gain``: sum over units of the information I(count; draw) under Poisson counts.
+- ``max_response``: mean(lambda) of one unit, or its mean over units.
 - ``adept``: population mean response plus the mean distance to earlier responses (Adept).
 - ``synthesis``, ``evolution`` (:mod:`closedloop.select.synthesis`): new images made for the
-  ensemble, by gradient ascent in pixel space or evolution of curved-contour parameters.
+  model, by gradient ascent in pixel space or evolution of curved-contour parameters.
 - ``variance_reduction`` (:mod:`closedloop.select.variance`): the images that most lower the
   summed predictive variance over the pool (or one family of it), greedily per batch.
 - ``hypothesis`` (:mod:`closedloop.select.hypotheses`): a live test of which tuning hypothesis
@@ -37,7 +38,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -46,7 +47,8 @@ from closedloop.errors import ClosedLoopError
 from closedloop.stimuli import gaudy, stimulus_id
 
 if TYPE_CHECKING:
-    from closedloop.model.online import OnlineEnsemble
+    import torch
+
     from closedloop.stimuli import StimulusPool
 
 
@@ -54,6 +56,32 @@ class NoParams(BaseModel):
     """A strategy without settings, and the base of those with them (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Predictor(Protocol):
+    """What ``SelectionContext.model`` offers strategies: the interface every learner meets
+    (:class:`closedloop.learn.OnlineLearner`, and :class:`closedloop.design.FixedModel` for a
+    plain image model). Counts are expected spikes per presentation."""
+
+    ridge: float  # the readouts' ridge on :meth:`embedding` features
+
+    def predictive(self, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and posterior variance of the expected counts of pool images: two (units, B)."""
+
+    def predictions(self, index: np.ndarray | None = None) -> np.ndarray:
+        """Expected counts (members, units, B) of pool images under posterior draws."""
+
+    def predictive_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predictive` for (B, N, N, 3) uint8 images outside the pool."""
+
+    def torch_mean(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Differentiable expected counts (units, B) of float pixels (B, N, N, 3), 0-255."""
+
+    def extend(self, images: np.ndarray) -> np.ndarray:
+        """Append (B, N, N, 3) uint8 images to the pool the model predicts; their pool indices."""
+
+    def embedding(self, index: np.ndarray) -> np.ndarray:
+        """Features (B, dims) of pool images that the readouts are linear in."""
 
 
 @dataclass
@@ -67,10 +95,10 @@ class SelectionContext:
     pool : StimulusPool or None
         Every image with its family and parameters.
     predictions : ndarray or None
-        (members, units, len(allowed)) expected spike counts per presentation,
-        when the strategy ``needs_model``.
-    model : OnlineEnsemble or None
-        The live ensemble (to predict or differentiate new images).
+        (members, units, len(allowed)) expected spike counts per presentation, when given;
+        otherwise :meth:`members` asks the model (only strategies that need draws pay for them).
+    model : Predictor or None
+        The live learner (to predict, or differentiate, any image).
     units : tuple of str
         Unit names, in the order of the predictions' second axis.
     shown, counts : ndarray
@@ -84,11 +112,36 @@ class SelectionContext:
     allowed: np.ndarray
     pool: StimulusPool | None = None
     predictions: np.ndarray | None = None
-    model: OnlineEnsemble | None = None
+    model: Predictor | None = None
     units: tuple[str, ...] = ()
     shown: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     add_images: Callable[[np.ndarray, list[str], list[dict]], np.ndarray] | None = None
+    _predictive: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    def members(self) -> np.ndarray:
+        """Expected counts (members, units, allowed) under posterior draws (asked once)."""
+        if self.predictions is None:
+            if self.model is None:
+                raise ValueError("no predictions and no model in the selection context")
+            self.predictions = self.model.predictions(np.asarray(self.allowed))
+        return self.predictions
+
+    def predictive(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and posterior variance of the expected counts of the allowed images, (units, allowed)
+        each: the model's closed form, or over the members when predictions were given."""
+        if self._predictive is None:
+            if self.predictions is not None:
+                self._predictive = (self.predictions.mean(axis=0), self.predictions.var(axis=0))
+            elif self.model is not None:
+                self._predictive = self.model.predictive(np.asarray(self.allowed))
+            else:
+                raise ValueError("no predictions and no model in the selection context")
+        return self._predictive
+
+    def mean(self) -> np.ndarray:
+        """Expected counts (units, allowed)."""
+        return self.predictive()[0]
 
 
 class Strategy:
@@ -123,8 +176,8 @@ class Strategy:
             raise ClosedLoopError("no candidate images left to choose from")
         if context.predictions is not None and context.predictions.shape[-1] != len(context.allowed):
             raise ValueError("predictions and candidates disagree in length")
-        if self.needs_model and context.predictions is None:
-            raise ValueError(f"strategy {self.name!r} needs the ensemble's predictions")
+        if self.needs_model and context.predictions is None and context.model is None:
+            raise ValueError(f"strategy {self.name!r} needs the model's predictions")
 
     def check(self, units: list[str], pool: StimulusPool) -> None:
         """Raise :class:`ClosedLoopError` when the settings do not fit the rig's units or the
@@ -167,19 +220,17 @@ class RandomStrategy(Strategy):
 
 
 class DisagreementStrategy(Strategy):
-    """Ensemble disagreement, as in the compact-model paper's active learning.
+    """Model disagreement, as in the compact-model paper's active learning.
 
-    Score: across members, the variance of each neuron's predicted count over
-    its mean (a Fano factor, so high-rate neurons do not dominate), averaged
-    over neurons.
+    Score: the posterior variance of each unit's expected count over its mean (a Fano factor, so
+    high-rate units do not dominate), averaged over units. With a learner's closed-form posterior
+    the variance is exact, not the spread of a few members.
     """
 
     name = "disagreement"
 
     def scores(self, context, rng):
-        predictions = context.predictions
-        variance = predictions.var(axis=0)
-        mean = predictions.mean(axis=0)
+        mean, variance = context.predictive()
         return (variance / (mean + 1e-3)).mean(axis=0)
 
 
@@ -202,10 +253,9 @@ def unit_index(units: Sequence[str], unit: str | None, strategy: str) -> int | N
     return list(units).index(unit)
 
 
-def target_response(predictions, unit: int | None):
-    """Ensemble-mean expected count of the target, (members, units, B) -> (B,): unit ``unit``, or
-    the mean over units when None. Takes numpy arrays and (differentiably) torch tensors."""
-    mean = predictions.mean(axis=0)
+def target_response(mean, unit: int | None):
+    """Expected count of the target, (units, B) -> (B,): unit ``unit``, or the mean over units when
+    None. Takes numpy arrays and (differentiably) torch tensors; average members first."""
     return mean.mean(axis=0) if unit is None else mean[unit]
 
 
@@ -217,19 +267,19 @@ class TargetedStrategy(Strategy):
     def check(self, units, pool):
         unit_index(units, self.params.unit, self.name)
 
-    def target(self, predictions, units: Sequence[str]):
-        """:func:`target_response` of this strategy's target."""
-        return target_response(predictions, unit_index(units, self.params.unit, self.name))
+    def target(self, mean, units: Sequence[str]):
+        """:func:`target_response` of this strategy's target, from expected counts (units, B)."""
+        return target_response(mean, unit_index(units, self.params.unit, self.name))
 
 
 class MaxResponseStrategy(TargetedStrategy):
-    """The largest predicted response: score ``mean_m lambda_m`` of ``unit``, or of the mean over
-    units (expected spikes per presentation)."""
+    """The largest predicted response: score the posterior mean of the expected count of ``unit``,
+    or of the mean over units (spikes per presentation)."""
 
     name = "max_response"
 
     def scores(self, context, rng):
-        return self.target(context.predictions, context.units)
+        return self.target(context.mean(), context.units)
 
 
 # ------------------------------------------------------------- information gain --
@@ -286,13 +336,13 @@ def poisson_information(rates: np.ndarray) -> np.ndarray:
     return np.maximum(information, 0.0).reshape(rates.shape[1:])
 
 
-def stabilised(predictions: np.ndarray) -> np.ndarray:
-    """Ensemble-mean response vectors in Poisson noise units, (members, units, B) -> (B, units).
+def stabilised(mean: np.ndarray) -> np.ndarray:
+    """Expected-count vectors in Poisson noise units, (units, B) -> (B, units).
 
-    ``2 sqrt(mean_m lambda)``: twice the square root of a Poisson count has a standard deviation
+    ``2 sqrt(lambda)``: twice the square root of a Poisson count has a standard deviation
     of about 1 at every rate, so distances between these vectors count noise standard deviations.
     """
-    return 2.0 * np.sqrt(np.maximum(predictions.mean(axis=0), 0.0)).T
+    return 2.0 * np.sqrt(np.maximum(mean, 0.0)).T
 
 
 def diverse_top_k(indices: np.ndarray, gains: np.ndarray, responses: np.ndarray, k: int,
@@ -325,24 +375,25 @@ class InfoGainParams(NoParams):
 
 
 class InfoGainStrategy(Strategy):
-    """Expected information gain about the ensemble under Poisson spike counts.
+    """Expected information gain about the model under Poisson spike counts.
 
-    Score: ``sum_u I(count_u; member)`` (:func:`poisson_information`), the members as posterior
-    samples and the units independent given the member (the sum bounds the joint information from
-    above). Members that agree give nothing however high the rate, so, unlike ``disagreement``,
-    Poisson noise is not taken for model uncertainty; a spread of rates counts more at low rates,
-    where counts tell them apart. The batch is picked by :func:`diverse_top_k` with ``diversity``.
+    Score: ``sum_u I(count_u; member)`` (:func:`poisson_information`), the members posterior
+    draws (:meth:`SelectionContext.members`) and the units independent given the member (the sum
+    bounds the joint information from above). Members that agree give nothing however high the
+    rate, so Poisson noise is not taken for model uncertainty; a spread of rates counts more at
+    low rates, where counts tell them apart, by the Poisson likelihood rather than by
+    ``disagreement``'s division by the mean. The batch is picked by :func:`diverse_top_k` with ``diversity``.
     """
 
     name = "info_gain"
     Params = InfoGainParams
 
     def scores(self, context, rng):
-        return poisson_information(context.predictions).sum(axis=0)
+        return poisson_information(context.members()).sum(axis=0)
 
     def choose(self, context, k, rng):
         self.check_context(context)
-        return diverse_top_k(context.allowed, self.scores(context, rng), stabilised(context.predictions), k,
+        return diverse_top_k(context.allowed, self.scores(context, rng), stabilised(context.mean()), k,
                              self.params.diversity)
 
 
@@ -365,7 +416,7 @@ class AdeptStrategy(Strategy):
 
         f(x) = mean_u r_u(x) + lambda * mean_j ||r(x) - r_j|| / sqrt(U)
 
-    with ``r(x) = mean_m lambda_m(x)`` the predicted population response (U units) and ``r_j``
+    with ``r(x)`` the expected counts (posterior mean) of the population (U units) and ``r_j``
     every response observed so far (``context.counts``) and the predicted response of every image
     already picked for this batch, as in Adept's greedy batches. Both terms are in spikes per
     unit; ``lambda`` is ``weight``. The scores are the objective at each pick, in the order picked.
@@ -376,7 +427,7 @@ class AdeptStrategy(Strategy):
 
     def choose(self, context, k, rng):
         self.check_context(context)
-        predicted = context.predictions.mean(axis=0).T  # (candidates, units)
+        predicted = context.mean().T  # (candidates, units)
         drive = predicted.mean(axis=1)
         history = context.counts.reshape(-1, predicted.shape[1]) if context.counts.size else predicted[:0]
         total = rms_distances(predicted, history).sum(axis=1)

@@ -1,17 +1,19 @@
-"""Model-guided synthesis: strategies that make new images for the live ensemble.
+"""Model-guided synthesis: strategies that make new images for the live model.
 
 - ``synthesis``: gradient ascent in pixel space (:func:`ascend`), starting from the allowed
-  images the ensemble predicts highest for the target; the results join the pool as family
+  images the model predicts highest for the target; the results join the pool as family
   ``synthesized`` (params: the start image's id, the unit, the steps).
 - ``evolution``: evolutionary search over curved-contour parameters
-  (:mod:`closedloop.stimuli.contours`), scored by the ensemble; the winners join the pool as
+  (:mod:`closedloop.stimuli.contours`), scored by the model; the winners join the pool as
   family ``contour`` with their parameters, so they stay parametric and render again.
 
 Both drive ``unit`` (a recorded unit's name) or, by default, the mean over units, as the
-ensemble's mean expected count (:func:`closedloop.select.strategies.target_response`), and both
-return the new images, best first, scored by that prediction. An image already in the pool (the
-same pixels) is reused, not added twice. torch is imported only when a strategy runs, so
-validating a protocol stays light.
+model's expected count (:func:`closedloop.select.strategies.target_response`), and both return
+the new images, best first, scored by that prediction. Images outside the pool are predicted
+by the model's closed form (``model.predictive_images``; ``model.torch_mean`` to differentiate),
+the images in the pool by ``model.predictive``.
+An image already in the pool (the same pixels) is reused, not added twice. torch is imported
+only when a strategy runs, so validating a protocol stays light.
 """
 
 from __future__ import annotations
@@ -101,13 +103,14 @@ class SynthesisParams(TargetParams):
 
 
 class SynthesisStrategy(TargetedStrategy):
-    """Gradient ascent in pixel space on the ensemble's prediction.
+    """Gradient ascent in pixel space on the model's prediction.
 
-    Objective, for each of the ``k`` start images (the allowed images with the highest
-    ``mean_m lambda_m`` of the target): maximise ``mean_m lambda_m(x)`` over the pixels ``x`` by
-    :func:`ascend` through the live ensemble (``OnlineEnsemble.torch_predict``), with jitter,
-    blur, decay towards grey and a ``max_change`` trust region around the start image. The
-    results are appended to the pool (family ``synthesized``).
+    Objective, for each of the ``k`` start images (the allowed images with the highest expected
+    count of the target): maximise the expected count under the posterior mean
+    (``model.torch_mean``) over the pixels ``x`` by :func:`ascend`, with jitter, blur, decay
+    towards grey and a ``max_change`` trust region around the start image. The results are
+    appended to the pool (family ``synthesized``) and scored by their expected counts there
+    (``model.predictive``).
     """
 
     name = "synthesis"
@@ -118,17 +121,17 @@ class SynthesisStrategy(TargetedStrategy):
 
         self.check_context(context)
         if context.model is None:
-            raise ValueError("strategy 'synthesis' needs the live ensemble (context.model)")
-        p, ensemble = self.params, context.model
-        starts, _ = top_k(context.allowed, self.target(context.predictions, context.units), k)
+            raise ValueError("strategy 'synthesis' needs the live model (context.model)")
+        p, model = self.params, context.model
+        starts, _ = top_k(context.allowed, self.target(context.mean(), context.units), k)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        pixels, _ = ascend(lambda x: self.target(ensemble.torch_predict(x), context.units),
+        pixels, _ = ascend(lambda x: self.target(model.torch_mean(x), context.units),
                            torch.from_numpy(context.pool.images[starts]).float(), p.steps, generator,
                            p.learning_rate, p.jitter, p.decay, p.blur_sigma, p.blur_every, p.max_change)
         images = pixels.round().to(torch.uint8).numpy()
-        values = self.target(ensemble.predict_images(images), context.units)
         params = [{"start": context.pool.ids[s], "unit": p.unit, "steps": p.steps} for s in starts]
         index = add_to_pool(context, images, ["synthesized"] * len(images), params)
+        values = self.target(model.predictive(index)[0], context.units)
         best = np.argsort(-values, kind="stable")
         return index[best], values[best]
 
@@ -192,17 +195,17 @@ class EvolutionParams(TargetParams):
 
 
 class EvolutionStrategy(TargetedStrategy):
-    """Evolutionary search over curved-contour parameters for the ensemble's prediction.
+    """Evolutionary search over curved-contour parameters for the model's prediction.
 
     Objective: maximise ``mean_m lambda_m(render(theta))`` of the target over contour parameters
-    ``theta`` (:class:`ContourParams`). The first population is the allowed contour images the
-    ensemble predicts highest (topped up with random standard contours); each generation every
-    member gets one child (:func:`mutate`), rendered at the pool's image size on ``background``
-    and scored with ``OnlineEnsemble.predict_images``, and the best ``population`` distinct images
-    of parents and children survive, so the best score never falls. The ``k`` best survivors join
-    the pool as family ``contour`` with their parameters (a pool image that survived unchanged is
-    chosen where it is). ``state()`` gives the best predicted response of the first population
-    and of the last.
+    ``theta`` (:class:`ContourParams`), the mean over posterior draws. The first population is the
+    allowed contour images with the highest expected counts (topped up with random standard
+    contours); each generation every member gets one child (:func:`mutate`), rendered at the
+    pool's image size on ``background`` and scored with ``model.predictive_images``, and the best
+    ``population`` distinct images of parents and children survive, so the best score never
+    falls. The ``k`` best survivors join the pool as family ``contour`` with their parameters (a
+    pool image that survived unchanged is chosen where it is). ``state()`` gives the best
+    predicted response of the first population and of the last.
     """
 
     name = "evolution"
@@ -215,14 +218,14 @@ class EvolutionStrategy(TargetedStrategy):
     def choose(self, context, k, rng):
         self.check_context(context)
         if context.model is None:
-            raise ValueError("strategy 'evolution' needs the live ensemble (context.model)")
+            raise ValueError("strategy 'evolution' needs the live model (context.model)")
         p, pool, family = self.params, context.pool, Contour()
         size = pool.images.shape[1]
         contours = np.array([pool.families[i] == family.name and not is_gaudy(pool.params[i])
                              for i in context.allowed], dtype=bool)
         seeds = np.zeros(0, int)
         if contours.any():
-            predicted = self.target(context.predictions[..., contours], context.units)
+            predicted = self.target(context.mean()[:, contours], context.units)
             seeds = top_k(context.allowed[contours], predicted, p.population)[0]
         members = [ContourParams.model_validate(pool.params[i]).model_dump(mode="json") for i in seeds]
         members += [family.sample(rng) for _ in range(p.population - len(members))]
@@ -242,7 +245,7 @@ class EvolutionStrategy(TargetedStrategy):
         return index, values[best]
 
     def _score(self, context, images: np.ndarray) -> np.ndarray:
-        return self.target(context.model.predict_images(images), context.units)
+        return self.target(context.model.predictive_images(images)[0], context.units)
 
     def state(self):
         return self._last

@@ -1,12 +1,12 @@
 """The validation test within a session: do the model's top images drive a neuron more than
 random natural images?
 
-As in the compact-model paper, but trial by trial: once the ensemble has
+As in the compact-model paper, but trial by trial: once the model has
 trained (after the protocol's warm-up), every decision interleaves two arms
 for the unit ``neuron``:
 
 - **top** — drawn at random from the ``top`` allowed images with the highest
-  predicted count (ensemble mean), re-ranked at every decision as the
+  expected count (the model's posterior mean), re-ranked at every decision as the
   model learns;
 - **random** — drawn uniformly from the allowed images of ``family``
   (``natural`` by default), never an image the same batch shows as a top one.
@@ -109,15 +109,14 @@ class ValidationStrategy(Strategy):
 
     # ------------------------------------------------------------- choosing --
     def scores(self, context: SelectionContext, rng: np.random.Generator) -> np.ndarray:
-        """The neuron's predicted count for each allowed image (ensemble mean, spikes per window)."""
+        """The neuron's expected count for each allowed image (posterior mean, spikes per window)."""
         self._unit = self._unit_index(context.units)
-        return context.predictions[:, self._unit, :].mean(axis=0)
+        return context.mean()[self._unit]
 
     def choose(self, context, k, rng):
         """``k`` images alternating between the arms (their order is the order to show them);
         scores are the predicted counts."""
-        if context.predictions is None:
-            raise ValueError("strategy 'validation' needs the ensemble's predictions")
+        self.check_context(context)
         allowed = np.asarray(context.allowed)
         predicted = self.scores(context, rng)
         arms: list[str] = []

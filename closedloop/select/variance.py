@@ -17,10 +17,11 @@ Why not disagreement: the reference measurements in the project's notes show
 that uncertainty sampling on a fixed pool drifts to outliers and repeats them.
 This criterion weighs an image by how much it teaches about the images one
 wants to predict (``target``: the pool, or one family of it such as natural
-images), and it never needs the ensemble to agree on Poisson noise.
+images), and it never takes Poisson noise for model uncertainty.
 
-The model supplies the features: ``context.model.embedding(pool_index)`` ->
-(images, dims), and optionally ``context.model.ridge`` (the readout's ``a``).
+The model supplies the features and the ridge (:class:`closedloop.select.strategies.Predictor`):
+``context.model.embedding(pool_index)`` -> (images, dims), and ``context.model.ridge`` (the
+readout's ``a``); a model without a readout (a plain image model) says so in one line.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ class VarianceParams(NoParams):
     target: str | None = Field(None, description="family of the pool whose predictions matter "
                                                  "(e.g. natural); default: the whole pool")
     sample: int = Field(512, ge=16, description="target images drawn per decision (for speed)")
-    ridge: float = Field(1.0, gt=0, description="the readout's ridge, as a multiple of the mean squared "
-                                                "feature norm, when the model does not say")
     poisson: bool = Field(False, description="weigh each image by its Poisson noise (mean predicted count)")
 
 
@@ -55,22 +54,19 @@ class VarianceReductionStrategy(Strategy):
 
     def choose(self, context: SelectionContext, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         self.check_context(context)
-        embedding = getattr(context.model, "embedding", None)
-        if embedding is None:
-            raise ClosedLoopError("strategy 'variance_reduction': the model has no feature embedding")
+        model = context.model
+        if model is None:
+            raise ClosedLoopError("strategy 'variance_reduction': needs the model's features (context.model)")
         allowed = np.asarray(context.allowed)
         target = self._target(context, rng)
-        z_allowed, z_target = embedding(allowed), embedding(target)
-        z_shown = embedding(np.asarray(context.shown)) if len(context.shown) else np.zeros((0, z_allowed.shape[1]))
+        z_allowed, z_target = model.embedding(allowed), model.embedding(target)
+        z_shown = model.embedding(np.asarray(context.shown)) if len(context.shown) else z_allowed[:0]
         center = z_target.mean(0)
         z_allowed, z_target, z_shown = z_allowed - center, z_target - center, z_shown - center
-        ridge = getattr(context.model, "ridge", None)
-        if ridge is None:
-            ridge = self.params.ridge * float((z_target ** 2).sum(1).mean())
-        s = np.linalg.inv(z_shown.T @ z_shown + ridge * np.eye(z_allowed.shape[1]))
+        s = np.linalg.inv(z_shown.T @ z_shown + model.ridge * np.eye(z_allowed.shape[1]))
         weight = np.ones(len(allowed))
-        if self.params.poisson and context.predictions is not None:
-            mean = np.maximum(context.predictions.mean(axis=(0, 1)), 1e-3)
+        if self.params.poisson:
+            mean = np.maximum(context.mean().mean(axis=0), 1e-3)
             weight = mean.mean() / mean
         chosen, scores = [], []
         for _ in range(min(k, len(allowed))):

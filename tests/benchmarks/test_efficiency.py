@@ -1,12 +1,15 @@
-"""The efficiency benchmark: a short run on real twins completes and reports; its parts are right."""
+"""The efficiency benchmark: simulated sessions run the loop's own learner and selection policy;
+a short run on real twins completes and reports; its parts are right."""
 
 import numpy as np
 import pytest
 
-from closedloop.benchmarks.efficiency import (BayesianReadout, FeatureCore, SessionResult, build_world,
-                                              heldout_r, run_efficiency, twin_paths)
+from closedloop.benchmarks import efficiency
+from closedloop.benchmarks.efficiency import (SessionResult, build_world, core_folder, learner_spec, run_efficiency,
+                                              simulate_session, twin_paths)
+from closedloop.config import CoreSpec
 from closedloop.errors import ClosedLoopError
-from closedloop.model.compact import load_published
+from closedloop.learn import load_core
 from closedloop.stimuli import StimulusPool
 from closedloop.stimuli.natural import image_names, load_images
 
@@ -18,40 +21,64 @@ def test_trials_to_a_target_interpolate_between_scored_points():
     assert run.trials_to(0.6) == np.inf
 
 
-def test_the_readout_recovers_a_linear_truth_and_its_uncertainty_shrinks():
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(400, 20))
-    w = rng.normal(size=(20, 3))
-    truth = np.exp(0.6 * z @ w / np.sqrt(20)) * 2.0
-    readout = BayesianReadout(20, 3, members=8, seed=0)
-    readout.fit(z[:40], rng.poisson(truth[:40]).astype(float))
-    early = heldout_r(readout.mean(z[200:]), truth[200:])
-    spread_early = readout.draws(z[200:]).std(0).mean()
-    readout.fit(z[:200], rng.poisson(truth[:200]).astype(float))
-    assert heldout_r(readout.mean(z[200:]), truth[200:]) > max(early, 0.8)
-    assert readout.draws(z[200:]).std(0).mean() < spread_early
-
-
 def _images(path, count):
     return np.stack([im for _, im in load_images(path, 112, names=image_names(path)[:count])])
 
 
-def test_a_short_run_on_real_twins_completes_and_reports(shared_v4):
+@pytest.fixture(scope="module")
+def small_world(shared_v4):
     twins, rest = twin_paths(shared_v4 / "compact_models", limit=2, seed=0)
     assert len(twins) == 2 and not set(twins) & set(rest)
     images = _images(shared_v4 / "sessions" / "images_201025.zip", 96)
     pool = StimulusPool(images, ["natural"] * len(images), [{}] * len(images))
     world = build_world(twins, pool, _images(shared_v4 / "sessions" / "images_190923.zip", 30), log=lambda m: None)
+    return world, rest
+
+
+def test_the_core_is_made_of_the_chosen_models_only(small_world, tmp_path):
+    world, rest = small_world
+    folder = core_folder(rest[3:5], tmp_path / "core")
+    assert sorted(p.name for p in folder.glob("*.pt")) == sorted(p.name for p in rest[3:5])
+    assert len(list(folder.glob("*.nums_filters.npy"))) == 2
+    core = load_core(learner_spec(CoreSpec(kind="compact", path=folder)))
+    assert "of 2 models" in core.name
+
+
+def test_a_session_runs_the_loops_learner_and_policy(small_world, tmp_path, monkeypatch):
+    """Every decision goes through SelectionPolicy, every response through OnlineLearner.learn; the
+    refreshes run and are swapped in at fixed points, so a session is exactly reproducible."""
+    world, rest = small_world
+    core = CoreSpec(kind="compact", path=core_folder(rest[:1], tmp_path / "core"), layer="4", dims=16)
+    spec = learner_spec(core)
+    decided, learned = [], []
+    decide, learn = efficiency.SelectionPolicy.decide, efficiency.OnlineLearner.learn
+    monkeypatch.setattr(efficiency.SelectionPolicy, "decide",
+                        lambda self, n: decided.append(n) or decide(self, n))
+    monkeypatch.setattr(efficiency.OnlineLearner, "learn",
+                        lambda self, index, counts: learned.append(np.array(index)) or learn(self, index, counts))
+    run = simulate_session(world, spec, "disagreement", budget=40, warmup=16, every=8, cache=tmp_path / "f")
+    assert decided == list(range(0, 40, 4))  # one decision per batch of 4, told the responses so far
+    shown = np.concatenate(learned)
+    assert len(shown) == 40 and len(set(shown.tolist())) == 40 and shown.max() < len(world.pool)  # never held out
+    assert run.trials == [8, 16, 24, 32, 40] and run.refreshes >= 3  # refreshes at 8, 16, 32 responses
+    again = simulate_session(world, spec, "disagreement", budget=40, warmup=16, every=8, cache=tmp_path / "f")
+    assert again.r == run.r and again.drive == run.drive
+
+
+def test_a_short_run_on_real_twins_completes_and_reports(small_world, tmp_path):
+    world, rest = small_world
     assert world.pool_rates.shape == (96, 2) and np.all(world.pool_rates > 0)
     assert world.pool_rates.mean() == pytest.approx(2.4, rel=0.3)  # 24 spikes/s in a 100 ms window
-    core = FeatureCore([load_published(rest[0])], pool.images, dims=16)
+    core = CoreSpec(kind="compact", path=core_folder(rest[:1], tmp_path / "core"), layer="4", dims=16)
     report = run_efficiency(world, core, {"max_response": {}, "variance_reduction": {}}, budget=48, seeds=1,
-                            log=lambda m: None, warmup=16, every=8)
+                            log=lambda m: None, warmup=16, every=8, cache=tmp_path / "features")
     rows = {row["strategy"]: row for row in report.rows()}
     assert set(rows) == {"random", "max_response", "variance_reduction"}
     assert rows["random"]["fewer_trials_than_random"] == pytest.approx(1.0)
     assert rows["max_response"]["drive_vs_random"] > 1.0  # it shows what the model predicts drives most
     assert all(row["distinct_images"] == 48 for row in rows.values())  # no repeats by default
+    curve = report.sessions["max_response"][0].r
+    assert curve[-1] > max(0.2, curve[0] + 0.1)  # the learner learns from the counts: r rises past the warm-up
     table = report.table()
     assert "x fewer than random" in table and "variance_reduction" in table
 

@@ -62,7 +62,7 @@ def test_the_converted_session_replays(converted, tmp_path):
     out, raw = converted
     source = open_source(out)
     assert source.selections == [] and source.complete
-    report = replay(source, tmp_path / "replay", cadence=Cadence(every=20, retrain_every=200, accuracy_every=100))
+    report = replay(source, tmp_path / "replay", cadence=Cadence(every=20, refresh_every=200, accuracy_every=100))
     assert report["responses"] == report["presentations"] == len(source.presentations)
     assert report["trained_on"] == sum(p["role"] == "control" for p in source.presentations)
     assert report["accuracy"]["core_version"] >= 1 and len(report["accuracy"]["r_observed"]) == raw.shape[0]

@@ -1,8 +1,9 @@
 """Replay of a real simulated session: every online decision made again, from the session directory.
 
-The session runs live (real LSL, the simulator process, the model worker process retraining its
-cores in a background thread), so which responses were batched and when retrained cores came in
-depend on timing; the replay reads both from the log and must make every decision again.
+The session runs live (real LSL, the simulator process, the model worker process refreshing its
+learner and fine-tuning its core in a background thread), so which responses were batched and when
+refreshes came in depend on timing; the replay reads both from the log, reads the fine-tuned cores
+from the session's ``cores/`` and must make every decision again.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ PRESENTATIONS = 40
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory, sim_files):
-    """A short live session chosen by ensemble disagreement; a small pool and model, so cores are
-    retrained often."""
+    """A short live session chosen by model disagreement; a small pool and model, refreshed every 8
+    responses, its core fine-tuned at each refresh."""
     tmp = tmp_path_factory.mktemp("replay")
     sim_files.rig(tmp / "rig.toml", f"cltest-replay-{uuid.uuid4().hex[:8]}")
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
@@ -39,7 +40,8 @@ def session(tmp_path_factory, sim_files):
     for old, new in (('strategy = "random"', 'strategy = "disagreement"'), ("warmup = 20", "warmup = 12"),
                      ("contour = 100, dot = 80, grating = 80, texture = 80", "contour = 40, dot = 30, grating = 30"),
                      ("members = 5\ninput_px = 32\nchannels = [8, 8, 8, 8, 8]\nsteps_per_update = 30",
-                      "members = 3\ninput_px = 16\nchannels = [4, 4, 4, 4, 4]\nsteps_per_update = 8"),
+                      "members = 3\ninput_px = 16\nchannels = [4, 4, 4, 4, 4]\nsteps_per_update = 4\n"
+                      "batch_size = 8\nrefresh_every = 8\nfinetune_every = 8"),
                      ("images = 60\nevery = 4", "images = 20\nevery = 4")):
         assert old in text
         text = text.replace(old, new)
@@ -50,8 +52,12 @@ def session(tmp_path_factory, sim_files):
 
 def test_every_decision_is_made_again(session, tmp_path):
     record = read_session(session)
-    assert record.selections[-1]["core_version"] >= 2  # retrained cores came in live, at times of their own
+    assert record.selections[-1]["core_version"] >= 2  # refreshes came in live, at times of their own
     assert any(s["strategy"] == "disagreement" for s in record.selections)  # the model chose
+    comparisons = [e for e in record.events if e["kind"] == "core_comparison"]
+    assert comparisons  # a fine-tuned core was judged (and kept or not) at a swap...
+    assert {f"finetune-{c['responses']:06d}.pt" for c in comparisons} <= \
+        {p.name for p in (session / "cores").iterdir()}  # ...and kept in the session, read back by the replay
     report = replay(open_source(session), tmp_path / "out")
     assert report["pacing"] == "recorded"
     assert report["reproduced"] == report["decisions"] == report["logged_decisions"] == len(record.selections)
@@ -94,8 +100,8 @@ def test_a_recording_with_a_stimulus_log_replays_at_a_cadence(session, tmp_path)
     source = open_source(nix, protocol=session / "protocol.json", pool=session, log=session / "markers.jsonl")
     assert {r["index"]: r["counts"].tolist() for r in align(source)} == {r["index"]: r["counts"]
                                                                         for r in record.responses}
-    report = replay(source, tmp_path / "out", cadence=Cadence(every=4, retrain_every=20))
-    assert report["pacing"] == {"every": 4, "retrain_every": 20, "accuracy_every": 10}
+    report = replay(source, tmp_path / "out", cadence=Cadence(every=4, refresh_every=20))
+    assert report["pacing"] == {"every": 4, "refresh_every": 20, "accuracy_every": 10}
     assert report["responses"] == PRESENTATIONS and report["decisions"] == 1 + PRESENTATIONS // 4
     assert report["accuracy"]["core_version"] >= 1 and len(report["accuracy"]["r_observed"]) == 3
 

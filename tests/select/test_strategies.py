@@ -37,6 +37,75 @@ def test_disagreement_is_relative_to_the_predicted_rate():
     assert chosen.tolist() == [0]
 
 
+def test_disagreement_ranks_by_the_closed_form_posterior_without_draws(closed_form):
+    # image 1: the most posterior variance, but at a high rate; image 2: less variance, low rate
+    mean = np.array([[2.0, 20.0, 1.0, 5.0], [2.0, 20.0, 1.0, 5.0]])
+    variance = np.array([[0.1, 4.0, 0.5, 0.0], [0.1, 4.0, 0.5, 0.0]])
+    model = closed_form(mean, variance)
+    allowed = np.array([10, 11, 12, 13])  # pool indices: the model is asked for these
+    model.mean = np.concatenate([np.zeros((2, 10)), mean], axis=1)
+    model.variance = np.concatenate([np.zeros((2, 10)), variance], axis=1)
+    chosen, scores = DisagreementStrategy().choose(SelectionContext(allowed, model=model), 4, np.random.default_rng(0))
+    assert chosen.tolist() == [12, 11, 10, 13] and model.asked == [allowed.tolist()]
+    np.testing.assert_allclose(scores, [0.5 / 1.001, 4.0 / 20.001, 0.1 / 2.001, 0.0])
+
+
+def test_disagreement_on_the_learner_is_its_posterior_variance_over_mean(tmp_path):
+    """The learner's closed form, computed here from its readouts' posterior: the latent mean
+    ``mu = x M`` and variance ``tau^2 = s^2 x S x'`` give the expected count's mean
+    ``(mu^2 + tau^2 + s^2) / 4 - 3/8`` and variance ``mu^2 tau^2 / 4 + tau^4 / 8``."""
+    from closedloop.config import CoreSpec, ModelSpec
+    from closedloop.learn import OnlineLearner
+
+    spec = ModelSpec(core=CoreSpec(dims=6, grid=2), input_px=16, channels=(4, 4, 4, 4, 4), finetune_every=0)
+    images = np.random.default_rng(0).integers(0, 256, (30, 16, 16, 3), dtype=np.uint8)
+    learner = OnlineLearner(images, 2, spec, seed=0, background=False, cache=tmp_path)
+    rng = np.random.default_rng(1)
+    learner.learn(np.arange(8), rng.poisson(3.0, (8, 2)))
+    learner.sync()  # the evidence's ridge and noise
+    learner.learn(np.arange(8, 12), rng.poisson(3.0, (4, 2)))  # and a Woodbury step after it
+    allowed = np.arange(5, 30)
+    scores = DisagreementStrategy().scores(SelectionContext(allowed, model=learner, units=("a", "b")),
+                                           np.random.default_rng(0))
+    q = learner.posterior
+    x = np.concatenate([np.ones((len(allowed), 1)), learner.embedding(allowed)], axis=1).astype(np.float64)
+    mu = x @ q.M  # (B, units)
+    tau2 = q.noise[None, :] * ((x @ q.S) * x).sum(axis=1)[:, None]
+    mean = np.maximum((mu ** 2 + tau2 + q.noise[None, :]) / 4 - 0.375, 0.01)
+    variance = mu ** 2 * tau2 / 4 + tau2 ** 2 / 8
+    assert np.ptp(scores) > 0
+    np.testing.assert_allclose(scores, (variance / (mean + 1e-3)).mean(axis=1), rtol=2e-3)
+
+
+def test_strategies_ranking_by_the_mean_ask_the_closed_form_once_and_never_draw(closed_form):
+    mean = np.array([[1.0, 5.0, 2.0, 0.5], [4.0, 0.5, 2.0, 9.0]])  # (units, images)
+    for name, params, expected in (("max_response", {"unit": "a"}, [1, 2, 0, 3]), ("max_response", {}, [3, 1, 0, 2]),
+                                   ("adept", {"weight": 0.0}, [3, 1, 0, 2])):
+        model = closed_form(mean)
+        context = SelectionContext(np.arange(4), model=model, units=("a", "b"))
+        chosen, scores = make_strategy(name, params).choose(context, 4, np.random.default_rng(0))
+        assert chosen.tolist() == expected and len(model.asked) == 1, name
+    assert scores.tolist() == [4.75, 2.75, 2.5, 2.0]  # adept without history: the population mean
+
+
+def test_info_gain_draws_once_per_decision_for_the_allowed_images():
+    class Draws:
+        def __init__(self):
+            self.asked = []
+
+        def predictions(self, index=None):
+            self.asked.append(np.asarray(index).tolist())
+            return np.stack([np.full((1, len(index)), 1.0), np.array([[1.0, 1.0, 9.0]])])  # (members, units, B)
+
+        def predictive(self, index=None):
+            raise AssertionError("info_gain's mean is the draws' mean")
+
+    model = Draws()
+    chosen, scores = make_strategy("info_gain", {"diversity": 0}).choose(
+        SelectionContext(np.array([4, 7, 9]), model=model), 1, np.random.default_rng(0))
+    assert chosen.tolist() == [9] and model.asked == [[4, 7, 9]] and scores[0] > 0
+
+
 def test_random_is_reproducible_and_covers_the_pool():
     pool_index = np.arange(50)
     a, _ = RandomStrategy().choose(SelectionContext(pool_index), 10, np.random.default_rng(3))

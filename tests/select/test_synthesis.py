@@ -1,5 +1,5 @@
-"""Synthesis strategies: new images that a real (small) online ensemble predicts higher, and
-evolution's guarantees against a stand-in ensemble whose tuning is known exactly."""
+"""Synthesis strategies: new images that a real (small) online learner predicts higher, and
+evolution's guarantees against a stand-in model whose tuning is known exactly."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from closedloop.config import ModelSpec
+from closedloop.config import CoreSpec, ModelSpec
 from closedloop.errors import ClosedLoopError
-from closedloop.model.online import OnlineEnsemble
+from closedloop.learn import OnlineLearner
 from closedloop.select.registry import make_strategy
 from closedloop.select.strategies import SelectionContext
 from closedloop.select.synthesis import ascend, mutate
 from closedloop.stimuli import generate_pool, render_stimulus
 from closedloop.stimuli.contours import ContourParams
 
-SPEC = ModelSpec(members=3, input_px=16, channels=(4, 4, 4, 4, 4), steps_per_update=60, batch_size=32)
+SPEC = ModelSpec(core=CoreSpec(dims=16, grid=2), members=8, input_px=16, channels=(4, 4, 4, 4, 4),
+                 finetune_every=0)
 UNITS = ("a", "b")
 SIZE = 32
 
@@ -29,63 +30,64 @@ def _pool():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A checkpoint of an ensemble trained on Poisson responses of two units: one grows with
+def cache(tmp_path_factory):
+    """The learner's feature cache in a temporary folder, for the module's tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("features")
+        patch.setenv("CLOSEDLOOP_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory):
+    """A checkpoint of a learner that learned Poisson responses of two units: one grows with
     contrast energy, one fires for contours."""
     pool = _pool()
     energy = np.abs(pool.images.astype(float) - 128).mean(axis=(1, 2, 3)) / 127
     contour = np.array([family == "contour" for family in pool.families], float)
     rates = np.stack([1 + 8 * energy, 1 + 4 * contour], axis=1)
-    rng = np.random.default_rng(0)
-    ensemble = OnlineEnsemble(pool.images, len(UNITS), SPEC, seed=0, background=False)
-    try:
-        for i in range(len(pool)):
-            ensemble.add(i, rng.poisson(rates[i]))
-        ensemble.sync()
-        path = tmp_path_factory.mktemp("ensemble") / "trained.pt"
-        ensemble.save(path)
-    finally:
-        ensemble.close()
+    learner = OnlineLearner(pool.images, len(UNITS), SPEC, seed=0, background=False)
+    learner.learn(np.arange(len(pool)), np.random.default_rng(0).poisson(rates))
+    learner.sync()
+    path = tmp_path_factory.mktemp("learner") / "learner-final.pt"
+    learner.save(path)
     return path
 
 
 @pytest.fixture
 def live(trained):
-    """A fresh pool and the trained ensemble over it, as the model worker holds them."""
+    """A fresh pool and the trained learner over it, as the model worker holds them."""
     pool = _pool()
-    ensemble = OnlineEnsemble(pool.images, len(UNITS), SPEC.model_copy(update={"warm_start": trained}), seed=0,
-                              background=False)
-    yield pool, ensemble
-    ensemble.close()
+    return pool, OnlineLearner.from_checkpoint(trained, pool.images)
 
 
-def _context(pool, ensemble, allowed):
-    """The worker's context: predictions of the allowed images, and add_images growing pool and ensemble."""
+def _context(pool, learner, allowed):
+    """The worker's context: the learner, and add_images growing pool and learner in step."""
     def add_images(images, families, params):
         index = pool.append(images, families, params)
-        assert np.array_equal(ensemble.extend(images), index)
+        assert np.array_equal(learner.extend(images), index)
         return index
 
-    return SelectionContext(allowed, pool, ensemble.predictions()[:, :, allowed], ensemble, UNITS,
-                            add_images=add_images)
+    return SelectionContext(allowed, pool, None, learner, UNITS, add_images=add_images)
 
 
-def _target(ensemble, index, unit):
-    mean = ensemble.predictions(np.asarray(index)).mean(axis=0)
+def _target(learner, index, unit):
+    """The learner's expected count (posterior mean) of the target for pool images ``index``."""
+    mean, _ = learner.predictive(np.asarray(index))
     return mean.mean(axis=0) if unit is None else mean[UNITS.index(unit)]
 
 
 # --------------------------------------------------------------------- synthesis --
 @pytest.mark.parametrize("unit", ["b", None])
 def test_synthesis_raises_the_prediction_above_the_best_start(live, unit):
-    pool, ensemble = live
+    pool, learner = live
     size, allowed = len(pool), np.arange(len(pool))
-    best_start = _target(ensemble, allowed, unit).max()
+    best_start = _target(learner, allowed, unit).max()
     strategy = make_strategy("synthesis", {"unit": unit, "steps": 16})
-    chosen, scores = strategy.choose(_context(pool, ensemble, allowed), 2, np.random.default_rng(0))
-    assert chosen.tolist() == [size, size + 1] and len(pool) == size + 2
-    predicted = _target(ensemble, chosen, unit)
-    np.testing.assert_allclose(scores, predicted, rtol=1e-5)
+    chosen, scores = strategy.choose(_context(pool, learner, allowed), 2, np.random.default_rng(0))
+    assert sorted(chosen.tolist()) == [size, size + 1] and len(pool) == size + 2
+    predicted = _target(learner, chosen, unit)
+    np.testing.assert_allclose(scores, predicted, rtol=1e-6)  # the learner's own mean, once in the pool
     assert np.all(predicted > best_start), (predicted, best_start)
     assert np.all(np.diff(scores) <= 0)
     for index in chosen:
@@ -123,7 +125,7 @@ def test_ascent_of_one_image_is_the_inspect_synthesis():
 
 # --------------------------------------------------------------------- evolution --
 class _KnownTuning:
-    """A stand-in for the live ensemble whose responses are known exactly (one member, units a
+    """A stand-in for the live model whose responses are known exactly (one member, units a
     and b), so what evolution must find follows from its guarantees, not from a trained model.
 
     Unit a is tuned to one image, ``favourite``: minus the mean absolute pixel difference from it
@@ -136,11 +138,16 @@ class _KnownTuning:
         self.known = known.astype(float)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
-        """Expected counts (1, 2, B) for (B, N, N, 3) uint8 images, as OnlineEnsemble.predict_images."""
+        """Expected counts (1, 2, B) for (B, N, N, 3) uint8 images: one member."""
         x = images.astype(float)
         a = -np.abs(x - self.favourite).mean(axis=(1, 2, 3))
         b = np.array([np.abs(image - self.known).mean(axis=(1, 2, 3)).min() for image in x])
         return np.stack([a, b])[None]
+
+    def predictive_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (2, B) and variance (zero: one member), as OnlineLearner.predictive_images."""
+        mean = self.predict_images(images)[0]
+        return mean, np.zeros_like(mean)
 
 
 def _known_context(favourite_index: int = 0):
@@ -162,16 +169,13 @@ def _assert_renderable_contours(pool, chosen):
 
 
 def test_evolution_returns_contours_at_least_as_good_as_the_first_population(live):
-    pool, ensemble = live
+    pool, learner = live
     allowed = np.arange(len(pool))
-    contours = np.array([f == "contour" for f in pool.families])
-    best_first = _target(ensemble, allowed[contours], "b").max()
     strategy = make_strategy("evolution", {"unit": "b", "population": 8, "generations": 3})
-    chosen, scores = strategy.choose(_context(pool, ensemble, allowed), 3, np.random.default_rng(0))
+    chosen, scores = strategy.choose(_context(pool, learner, allowed), 3, np.random.default_rng(0))
     assert len(chosen) == 3 and np.all(np.diff(scores) <= 0)
-    np.testing.assert_allclose(scores, _target(ensemble, chosen, "b"), rtol=1e-5)  # the live ensemble's scores
-    assert strategy.state()["first_best"] == pytest.approx(best_first, rel=1e-5)
-    assert scores[0] >= best_first  # elitism: the first population's best survives unless beaten
+    np.testing.assert_allclose(scores, _target(learner, chosen, "b"), rtol=1e-5)  # the closed form
+    assert scores[0] >= strategy.state()["first_best"]  # elitism: the first population's best survives
     assert strategy.state()["best"] == pytest.approx(scores[0])
     _assert_renderable_contours(pool, chosen)
 
@@ -217,11 +221,11 @@ def test_evolution_never_loses_its_best_over_generations():
 
 
 def test_evolution_starts_from_random_contours_when_none_are_allowed(live):
-    pool, ensemble = live
+    pool, learner = live
     size = len(pool)
     dots = np.array([i for i, f in enumerate(pool.families) if f == "dot"])
     strategy = make_strategy("evolution", {"population": 4, "generations": 2})
-    chosen, scores = strategy.choose(_context(pool, ensemble, dots), 2, np.random.default_rng(1))
+    chosen, scores = strategy.choose(_context(pool, learner, dots), 2, np.random.default_rng(1))
     assert chosen.tolist() == [size, size + 1]
     assert scores[0] >= strategy.state()["first_best"]
     assert all(pool.families[i] == "contour" for i in chosen)

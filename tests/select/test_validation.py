@@ -24,7 +24,7 @@ def run_session(pool: StimulusPool, predicted: np.ndarray, rates: np.ndarray, se
                 budget: int = 200, alpha: float = 0.05) -> ValidationStrategy:
     """Decisions of 4 images from the whole pool; unit v4 answers with Poisson(rates) counts.
 
-    ``predicted`` (K,) is what the ensemble's 3 members predict for v4 (with member noise).
+    ``predicted`` (K,) is what the model's 3 posterior draws predict for v4 (with draw noise).
     """
     rng = np.random.default_rng(seed)
     strategy = make_strategy("validation", {"neuron": "v4", "top": 10, "alpha": alpha, "budget": budget})
@@ -82,13 +82,13 @@ def test_does_not_reject_when_the_top_images_drive_the_neuron_less(pool):
     assert state["p_value"] == 1.0 and state["losses"] > state["wins"]
 
 
-def test_arms_alternate_and_only_chosen_images_count(pool):
+def test_arms_alternate_and_only_chosen_images_count(pool, closed_form):
     strategy = make_strategy("validation", {"neuron": "v4", "top": 5})
     rng = np.random.default_rng(0)
     predicted = np.arange(len(pool), dtype=float)  # the top five: the last five dots
-    predictions = np.stack([np.zeros((2, len(pool))), np.tile(predicted, (2, 1))], axis=1)
+    model = closed_form(np.stack([np.zeros(len(pool)), predicted]))  # the model's expected counts
     strategy.observe(0, np.array([0.0, 9.0]))  # a warm-up response: not the test's
-    chosen, scores = strategy.choose(SelectionContext(np.arange(len(pool)), pool, predictions, units=UNITS), 4, rng)
+    chosen, scores = strategy.choose(SelectionContext(np.arange(len(pool)), pool, model=model, units=UNITS), 4, rng)
     top, random = chosen[::2], chosen[1::2]
     assert all(i >= len(pool) - 5 for i in top) and all(pool.families[i] == "natural" for i in random)
     np.testing.assert_array_equal(scores, predicted[chosen])

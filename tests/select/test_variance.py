@@ -76,6 +76,6 @@ def test_bad_settings_are_named():
         make_strategy("variance_reduction", {"target": "natural"}).check(["u"], pool_of(["contour"]))
     with pytest.raises(ClosedLoopError, match="params.sample"):
         make_strategy("variance_reduction", {"sample": 1})
-    no_embedding = SelectionContext(np.arange(3), pool_of(["natural"] * 3), np.ones((2, 1, 3)), object())
-    with pytest.raises(ClosedLoopError, match="no feature embedding"):
-        make_strategy("variance_reduction").choose(no_embedding, 1, np.random.default_rng(0))
+    no_model = SelectionContext(np.arange(3), pool_of(["natural"] * 3), np.ones((2, 1, 3)))
+    with pytest.raises(ClosedLoopError, match="variance_reduction': needs the model's features"):
+        make_strategy("variance_reduction").choose(no_model, 1, np.random.default_rng(0))
