@@ -334,11 +334,13 @@ def inspect_model_command(model: Path, out: Path, pool_path: Path | None, output
     """Figure of MODEL: layer filters, top and bottom pool images, a synthesised preferred image.
 
     MODEL is a published compact model (.pt beside its .nums_filters.npy), an ONNX file (no filters
-    or synthesis: those panels show a note), a TorchScript file or a closedloop model file.
+    or synthesis: those panels show a note), a TorchScript file, a closedloop model file or a learner
+    checkpoint.
     """
+    from closedloop.learn import open_image_model
     from closedloop.model.inspect import inspect_model
 
-    result = inspect_model(model, out, pool=pool_path, output=output, steps=steps, seed=seed,
+    result = inspect_model(open_image_model(model), out, pool=pool_path, output=output, steps=steps, seed=seed,
                            progress=lambda message: console.print(f"{message} ..."))
     click.echo(result.summary())
 

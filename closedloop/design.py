@@ -453,14 +453,13 @@ def run_design(model_path: Path, pool_path: Path, n: int, strategy_name: str, pa
     (Design, StimulusPool)
         The design (choice order) and the written set as it renders.
     """
-    from closedloop.learn import OnlineLearner
+    from closedloop.learn import OnlineLearner, open_image_model
     from closedloop.learn.learner import CHECKPOINT_FORMAT
-    from closedloop.model.models import load_model
     from closedloop.select.registry import make_strategy
     from closedloop.stimuli.load import load_pool
 
     strategy = make_strategy(strategy_name, params)
-    image_model = load_model(model_path)
+    image_model = open_image_model(model_path)
     pool, pool_what = load_pool(pool_path, size_px, background)
     if image_model.metadata.get("format") == CHECKPOINT_FORMAT:
         model = OnlineLearner.from_checkpoint(model_path, pool.images)

@@ -7,8 +7,8 @@ is :mod:`closedloop.model`.
 """
 
 from closedloop.learn.cores import Core, Projection, load_core, read_core, save_core
-from closedloop.learn.learner import OnlineLearner, read_checkpoint
+from closedloop.learn.learner import OnlineLearner, open_image_model, read_checkpoint
 from closedloop.learn.readout import Posterior, fit, stabilise
 
-__all__ = ["Core", "OnlineLearner", "Posterior", "Projection", "fit", "load_core", "read_checkpoint",
-           "read_core", "save_core", "stabilise"]
+__all__ = ["Core", "OnlineLearner", "Posterior", "Projection", "fit", "load_core", "open_image_model",
+           "read_checkpoint", "read_core", "save_core", "stabilise"]

@@ -672,3 +672,17 @@ def _predictive_kernel(mu, v, noise, index, floor, mean, variance):  # pragma: n
             value = quarter + 0.25 * (tau2 + s2) - 0.375
             mean_row[j] = value if value > floor else floor
             variance_row[j] = tau2 * (quarter + 0.125 * tau2)
+
+
+def open_image_model(path: Path):
+    """A learner checkpoint (:func:`checkpoint_model`) or any file
+    :func:`closedloop.model.models.load_model` reads, as an image model; one-line errors name the file."""
+    from closedloop.model.models import load_model
+
+    try:
+        header = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file of a learner: load_model says what it is
+        header = None
+    if isinstance(header, dict) and header.get("format") == CHECKPOINT_FORMAT:
+        return checkpoint_model(path)
+    return load_model(path)

@@ -19,9 +19,8 @@ File kinds :func:`load_model` accepts
 - closedloop's own files written by :func:`save_model`: a torch file holding a
   small header (format, kind, constructor arguments) and the state dict,
   loaded with ``weights_only=True``;
-- a learner checkpoint (a session's ``checkpoints/learner-*.pt``): its core,
-  projection and posterior-mean readouts, one expected count per unit
-  (:class:`closedloop.learn.learner.LearnerPixels`).
+- (a learner checkpoint, a session's ``checkpoints/learner-*.pt``, is opened by
+  :func:`closedloop.learn.open_image_model`, which builds on this module).
 
 Output order
 ------------
@@ -679,15 +678,13 @@ def load_model(path: str | Path) -> ImageModel:
     ----------
     path : str or Path
         A published compact model ``.pt`` (with its sibling
-        ``.nums_filters.npy``), an ``.onnx`` file, a TorchScript file, a
-        file written by :func:`save_model`, or a learner checkpoint (a
-        session's ``checkpoints/learner-*.pt``).
+        ``.nums_filters.npy``), an ``.onnx`` file, a TorchScript file, or a
+        file written by :func:`save_model`.
 
     Returns
     -------
     ImageModel
-        Published models give (B, 1) outputs; ensembles (B, members * neurons);
-        learner checkpoints (B, units) posterior-mean expected counts.
+        Published models give (B, 1) outputs; ensembles (B, members * neurons).
 
     Raises
     ------
@@ -717,10 +714,8 @@ def load_model(path: str | Path) -> ImageModel:
         raise ClosedLoopError(f"{path}: unreadable or corrupt model file ({_one_line(error)})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _load_own(path, obj)
-    if isinstance(obj, dict) and obj.get("format") == "closedloop-learner":
-        from closedloop.learn.learner import checkpoint_model  # the learner package builds on this toolbox
-
-        return checkpoint_model(path)
+    if isinstance(obj, dict) and obj.get("format") == "closedloop-learner":  # the learner builds on this toolbox
+        raise ClosedLoopError(f"{path}: a learner checkpoint: open it with closedloop.learn.open_image_model")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ClosedLoopError(f"{path}: a bare state dict; a published compact model needs its sibling "
                               f"{path.stem}.nums_filters.npy, otherwise save with closedloop's save_model")
