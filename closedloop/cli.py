@@ -56,7 +56,7 @@ def _progress_table(progress, title: str) -> Table:
     t = progress.trials
     table.add_row("trials", f"{t['completed']} completed, {t['fixation_break']} fixation breaks, "
                             f"{t['no_fixation']} without fixation")
-    table.add_row("model cores trained", str(progress.core_version))
+    table.add_row("learner refreshes", str(progress.core_version))
     table.add_row("held-out r (observed)", _fmt(progress.r_observed))
     table.add_row("held-out r (true rates)", _fmt(progress.r_true))
     for key, value in (progress.strategy_state or {}).items():  # e.g. a hypothesis test's posterior

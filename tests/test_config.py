@@ -21,6 +21,8 @@ def test_the_stimulus_set_resolves_against_the_protocol_file(tmp_path):
     (tmp_path / "p" / "x.toml").write_text("[protocol]\nname = 'x'\n[pool]\nset = '../sets/a.toml'\n")
     assert load_protocol(tmp_path / "p" / "x.toml").pool.set == (tmp_path / "sets" / "a.toml").resolve()
     assert load_protocol(ROOT / "protocols" / "demo.toml").pool.set == ROOT / "stimuli" / "demo.toml"
+    core = load_protocol(ROOT / "protocols" / "v4-twins.toml").model.core  # a core from the shared models
+    assert core.kind == "compact" and core.path == (ROOT.parent / "shared" / "v4" / "compact_models").resolve()
 
 
 def test_model_paths_resolve_against_the_rig_file():
