@@ -107,8 +107,10 @@ def fit(x: np.ndarray, y: np.ndarray, alphas: np.ndarray = ALPHAS, prior_mean: n
         return Posterior.prior(d1 - 1, y.shape[1], float(d1 - 1))
     # The ridge by the evidence with the intercept integrated out (centred data: the limit of its
     # flat prior), for every ridge at once in the eigenbasis of the centred features' Gram matrix.
-    z, yc = x[:, 1:] - x[:, 1:].mean(0), y - y.mean(0)
-    values, vectors = np.linalg.eigh(gram(z, pause))
+    means = x[:, 1:].mean(0)
+    z, yc = x[:, 1:] - means, y - y.mean(0)
+    centred = gram(z, pause)
+    values, vectors = np.linalg.eigh(centred)
     values = np.maximum(values, 0.0)
     projected = vectors.T @ (z.T @ yc)  # (d, units)
     grid = alphas * max(float(values.sum()) / (n * (d1 - 1)), 1e-12)  # in units of the mean feature variance
@@ -120,7 +122,10 @@ def fit(x: np.ndarray, y: np.ndarray, alphas: np.ndarray = ALPHAS, prior_mean: n
     alpha = float(grid[best])
     precision = np.full(d1, alpha)
     precision[0] = INTERCEPT_PRECISION
-    c_inv = np.linalg.inv(np.linalg.cholesky(gram(x, pause) + np.diag(precision)))
+    xx = np.empty((d1, d1))  # x'x from the centred Gram matrix, not a second pass over the responses
+    xx[0, 0], xx[0, 1:], xx[1:, 0] = n, n * means, n * means
+    xx[1:, 1:] = centred + n * np.outer(means, means)
+    c_inv = np.linalg.inv(np.linalg.cholesky(xx + np.diag(precision)))
     s = c_inv.T @ c_inv
     return Posterior((s + s.T) / 2.0, s @ (x.T @ y), np.maximum(energy[best] / n, 1e-3), alpha, n)
 
