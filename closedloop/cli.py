@@ -351,20 +351,6 @@ def bench() -> None:
     """Benchmarks on digital twins: they print figures (medians and ratios), nothing is asserted."""
 
 
-def _strategy_list(value: str) -> dict[str, dict]:
-    """``name[:json params],name...`` -> {name: params}."""
-    import json
-
-    out = {}
-    for item in filter(None, (part.strip() for part in value.split(";"))):
-        name, _, params = item.partition(":")
-        try:
-            out[name.strip()] = json.loads(params) if params else {}
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"{item!r}: params are not JSON ({exc.msg})") from None
-    return out
-
-
 @bench.command("efficiency")
 @click.option("--twins", "twins_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of compact models (the published format) to use as digital twins.")
@@ -381,8 +367,12 @@ def _strategy_list(value: str) -> dict[str, dict]:
               help="Models whose cores make the features.")
 @click.option("--heldout-limit", default=300, show_default=True, type=click.IntRange(3),
               help="Held-out images used (the first N).")
-@click.option("--strategies", "strategy_text", default="disagreement;info_gain;max_response;adept;gaudy",
-              show_default=True, help="Strategies besides random, ';'-separated, each NAME or NAME:{json params}.")
+@click.option("--strategies", "strategy_text",
+              default='disagreement;info_gain;max_response;adept;gaudy;variance_reduction;'
+                      'vr-heldout=variance_reduction:{"target": "heldout"}',
+              show_default=True, help="Strategies besides random, ';'-separated, each [LABEL=]NAME[+CONTROL][:{json params}] "
+                                      "(CONTROL: the fraction of trials given to random control images; the held-out images are the "
+                                      "pool family 'heldout', a variance_reduction target).")
 @click.option("--budget", default=400, show_default=True, type=click.IntRange(8), help="Trials per session.")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="Images per decision.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Sessions per strategy.")
@@ -395,10 +385,11 @@ def bench_efficiency(twins_dir: Path, pool_paths: tuple[Path, ...], heldout_path
                      core_models: int, heldout_limit: int, strategy_text: str, budget: int, batch: int, seeds: int,
                      target: float | None, cache: Path | None, json_path: Path | None) -> None:
     """Trials each strategy needs to reach a held-out accuracy target on digital twins, against random."""
-    from closedloop.benchmarks.efficiency import efficiency_from_paths
+    from closedloop.benchmarks.efficiency import Arm, efficiency_from_paths
 
+    arms = [Arm.parse(item) for item in strategy_text.split(";") if item.strip()]
     report = efficiency_from_paths(twins_dir, pool_paths, heldout_path, features_dir, limit, core_models,
-                                   heldout_limit, _strategy_list(strategy_text), budget, batch, seeds, target,
+                                   heldout_limit, arms, budget, batch, seeds, target,
                                    cache, log=lambda message: console.print(message))
     click.echo(report.table())
     if json_path is not None:
@@ -407,26 +398,46 @@ def bench_efficiency(twins_dir: Path, pool_paths: tuple[Path, ...], heldout_path
 
 @bench.command("hypotheses")
 @click.option("--pool", "pool_path", default=None, type=click.Path(path_type=Path),
-              help="Stimuli both designs show (a stimulus set, saved pool or image folder) "
-                   "[default: the 366 standard shapes and 125 dots].")
+              help="Stimuli the designs show (a stimulus set, saved pool or image folder) "
+                   "[default: the 366 standard shapes, 125 dots and 108 gratings].")
 @click.option("--neurons", default=10, show_default=True, type=click.IntRange(1),
-              help="Synthetic neurons per hypothesis.")
+              help="Synthetic neurons per group (per hypothesis, per left-out hypothesis, per rig kind).")
 @click.option("--threshold", default=0.95, show_default=True, type=click.FloatRange(0.5, 1, max_open=True),
               help="Posterior probability that decides.")
-@click.option("--budget", default=500, show_default=True, type=click.IntRange(1), help="Responses per test.")
+@click.option("--budget", default=None, type=click.IntRange(1),
+              help="Responses per adaptive test  [default: 500; with --twins, the full design's over 5].")
+@click.option("--twins", "twins_dir", default=None, type=click.Path(path_type=Path),
+              help="A folder of published compact models: test twins of them, adaptive against the full "
+                   "fixed design (every stimulus 5 times), instead of synthetic neurons.")
+@click.option("--limit", default=6, show_default=True, type=click.IntRange(1),
+              help="With --twins: twins drawn from the folder.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def bench_hypotheses(pool_path: Path | None, neurons: int, threshold: float, budget: int, seed: int) -> None:
-    """Decision accuracy and trials to decision of the adaptive hypothesis test against a fixed design
-    (every stimulus of the pool in random order)."""
-    from closedloop.benchmarks.hypotheses import format_hypothesis_bench, run_hypothesis_bench
+@click.option("--json", "json_path", default=None, type=click.Path(path_type=Path),
+              help="Also write every run and the figures as JSON.")
+def bench_hypotheses(pool_path: Path | None, neurons: int, threshold: float, budget: int | None,
+                     twins_dir: Path | None, limit: int, seed: int, json_path: Path | None) -> None:
+    """Verdicts and trials to decision of the adaptive hypothesis test: on synthetic neurons against a
+    fixed design (every stimulus of the pool in random order), with the false-decision rate; or, with
+    --twins, on compact-model twins against the full fixed design."""
+    from closedloop.benchmarks import hypotheses as bench_module
     from closedloop.stimuli.load import load_pool
 
-    pool = None if pool_path is None else load_pool(pool_path, 32)[0]
-    result = run_hypothesis_bench(pool, neurons, threshold, budget, seed=seed,
-                                  progress=lambda run: console.print(
-                                      f"{run.design} test of a {run.truth} neuron: {run.decided or 'undecided'} "
-                                      f"after {run.trials} responses"))
-    click.echo(format_hypothesis_bench(result))
+    if twins_dir is not None:
+        pool = None if pool_path is None else load_pool(pool_path, 112)[0]
+        result = bench_module.run_twin_bench(twins_dir, pool, limit, threshold, budget, seed=seed,
+                                             progress=lambda run: console.print(
+                                                 f"twin {run.twin}: full design {run.full or 'undecided'}, "
+                                                 f"adaptive {run.adaptive or 'undecided'} after {run.trials}"))
+        click.echo(bench_module.format_twin_bench(result))
+    else:
+        pool = None if pool_path is None else load_pool(pool_path, 64)[0]
+        result = bench_module.run_hypothesis_bench(pool, neurons, threshold, budget or 500, seed=seed,
+                                                   progress=lambda run: console.print(
+                                                       f"{run.design} test of a {run.group} neuron: "
+                                                       f"{run.decided or 'undecided'} after {run.trials} responses"))
+        click.echo(bench_module.format_hypothesis_bench(result))
+    if json_path is not None:
+        bench_module.write_json(result, json_path)
 
 
 # ------------------------------------------------------------------ replay --

@@ -167,3 +167,9 @@ def test_responses_of_a_neo_recording(tmp_path):
     assert [(r["index"], r["stimulus"], r["counts"]) for r in rows] == [(0, "aa", [2, 1]), (1, "bb", [1, 1])]
     bad = closedloop("responses", tmp_path / "log.jsonl")
     assert "log.jsonl" in error_line(bad)
+
+
+def test_a_bad_benchmark_strategy_is_named_before_any_work(tmp_path):
+    line = error_line(closedloop("bench", "efficiency", "--twins", tmp_path, "--pool", tmp_path, "--heldout", tmp_path,
+                                 "--strategies", "disagreement;vr=variance_reduction+2"))
+    assert "strategy 'vr'" in line and "control fraction" in line

@@ -20,7 +20,7 @@ batch = 4
 no_repeat = 20
 [selection.params]
 neuron = "dot"
-budget = 250
+budget = 500
 seed = 0
 hypotheses = [
     {name = "curvature", model = "curvature"},
@@ -51,20 +51,24 @@ def _run(tmp, sim_files, name, selection, presentations):
 
 @pytest.fixture(scope="module")
 def hypothesis_session(tmp_path_factory, sim_files):
-    return _run(tmp_path_factory.mktemp("hypothesis"), sim_files, "hyp", HYPOTHESIS, 400)
+    return _run(tmp_path_factory.mktemp("hypothesis"), sim_files, "hyp", HYPOTHESIS, 900)
 
 
-def test_a_live_hypothesis_test_decides_for_the_dot_unit_and_ends_the_session(hypothesis_session):
+def test_a_live_hypothesis_test_says_none_fits_the_dot_unit_and_ends_the_session(hypothesis_session):
     summary, record = hypothesis_session
     assert summary["status"] == "complete" and summary["strategy_finished"]
     state = summary["strategy_state"]
-    # Spike timing over real LSL varies between runs, so the counts do: the test must favour the
-    # truth, and stop either because it decided (almost always, after a few dozen responses) or
-    # because its budget ran out.
-    assert max(state["posterior"], key=state["posterior"].get) == "dot"
-    assert state["decided"] == "dot" or state["responses"] >= 250
-    assert state["decided"] is None or state["posterior"]["dot"] >= 0.95
-    assert summary["presentations"] < 400  # the session ended with the test, not at its presentations
+    # The rig's dot unit is a centre-surround blob detector on the figure map (simulate/neurons.py):
+    # it answers dots, but also small contours and blob-like textures, which the dot hypothesis says
+    # leave it at baseline. With those families in the pool the honest verdict, once every family
+    # is covered, is "none fits" (a posterior of 1 to six places in every run: the evidence against
+    # every hypothesis is overwhelming, so LSL's timing noise in the counts does not change it).
+    assert state["decided"] == "none fits"
+    assert state["posterior"]["none fits"] >= 0.95
+    assert all(shown >= needed for shown, needed in state["coverage"].values())
+    assert set(state["coverage"]) == {"contour", "dot", "grating", "texture"}
+    assert state["responses"] < 500  # decided, not out of budget
+    assert summary["presentations"] < 900  # the session ended with the test, not at its presentations
     assert any(e["kind"] == "strategy_finished" for e in record.events)
 
 

@@ -18,6 +18,10 @@ model with the core: by default the core comes from models in the twin folder th
 evaluated. The core is not fine-tuned here (``finetune_every = 0``: no held-out responses to
 judge a fine-tuned core by).
 
+Each strategy runs as an :class:`Arm`: a label, the strategy and its params, and optionally a
+fraction of trials given to uniformly random control images (as the live loop's ``[selection]
+control_fraction`` does), so mixtures with random controls are measured like any strategy.
+
 Figures: trials to reach a target r (linear interpolation between scored points), the ratio of
 random's trials to each strategy's, and the mean true response of the shown images relative to
 random's (the drive).
@@ -26,6 +30,7 @@ random's (the drive).
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -129,6 +134,41 @@ def build_world(twins: list[Path], pool: StimulusPool, heldout: np.ndarray, seed
 
 
 # ----------------------------------------------------------------- sessions --
+@dataclass(frozen=True)
+class Arm:
+    """One row of the benchmark: ``strategy`` with ``params``, under ``label``; each chosen image is
+    replaced by a random unshown candidate with probability ``control`` (random controls). Checked
+    when made: an unknown strategy, a bad setting or a control fraction outside [0, 1) is a
+    one-line error."""
+
+    label: str
+    strategy: str
+    params: dict = field(default_factory=dict)
+    control: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.control < 1.0:
+            raise ClosedLoopError(f"strategy {self.label!r}: the control fraction must be in [0, 1)")
+        strategy_params(self.strategy, self.params)
+
+    @classmethod
+    def parse(cls, text: str) -> Arm:
+        """``[LABEL=]NAME[+CONTROL][:JSON params]``, e.g. ``vr=variance_reduction+0.25:{"target": "heldout"}``."""
+        head, _, params = text.strip().partition(":")
+        label, _, name = head.rpartition("=")
+        name, _, control = name.partition("+")
+        try:
+            settings = json.loads(params) if params else {}
+            fraction = float(control) if control else 0.0
+        except ValueError as exc:
+            raise ClosedLoopError(f"strategy {text!r}: params are not JSON or the control fraction is "
+                                  f"not a number ({exc})") from None
+        if not isinstance(settings, dict):
+            raise ClosedLoopError(f"strategy {text!r}: params must be a JSON object")
+        name = name.strip()
+        return cls(label.strip() or (f"{name}+{control}" if control else name), name, settings, fraction)
+
+
 @dataclass
 class SessionResult:
     """One simulated session: held-out r after each scored trial count, and what was shown."""
@@ -184,16 +224,18 @@ def learner_spec(core: CoreSpec, members: int = 16) -> ModelSpec:
 
 def simulate_session(world: TwinWorld, spec: ModelSpec, strategy: str, params: dict | None = None,
                      budget: int = 400, batch: int = 4, warmup: int = 32, every: int = 16,
-                     no_repeat: int = 10_000, seed: int = 0, cache: Path | None = None) -> SessionResult:
+                     no_repeat: int = 10_000, seed: int = 0, cache: Path | None = None,
+                     control: float = 0.0) -> SessionResult:
     """Run one simulated session of ``budget`` trials (one image per trial).
 
     The learner's pool is the world's pool followed by its held-out images; the policy's
     candidates are the pool alone. The first ``warmup`` trials are random; then the strategy
     chooses ``batch`` images per decision, less the last ``no_repeat`` shown and the last
-    decision's. After each decision the learner learns its counts and updates; a refresh that
+    decision's; with ``control``, each chosen image is replaced by a random allowed one with that
+    probability. After each decision the learner learns its counts and updates; a refresh that
     became due is run and swapped in at once.
     """
-    rng = np.random.default_rng([seed, 7])
+    rng, control_rng = np.random.default_rng([seed, 7]), np.random.default_rng([seed, 11])
     units, held = tuple(world.names), len(world.heldout)
     pool = StimulusPool(world.pool.images, world.pool.families, world.pool.params)
     candidates = np.arange(len(pool))
@@ -212,7 +254,9 @@ def simulate_session(world: TwinWorld, spec: ModelSpec, strategy: str, params: d
             result.seconds += time.perf_counter() - started
             if len(decision.added):  # images the strategy made: the twins rate them too
                 rates = np.concatenate([rates, world.rates(pool.images[len(rates):])])
-            chosen = decision.chosen[:budget - len(shown)]
+            chosen = decision.chosen[:budget - len(shown)].copy()
+            if control:
+                _mix_controls(chosen, policy.allowed(), control, control_rng)
             counts = rng.poisson(rates[chosen]).astype(float)
             learner.learn(chosen, counts)
             for index, count in zip(chosen, counts):
@@ -230,6 +274,14 @@ def simulate_session(world: TwinWorld, spec: ModelSpec, strategy: str, params: d
     result.distinct = len(set(shown))
     result.refreshes = learner.core_version
     return result
+
+
+def _mix_controls(chosen: np.ndarray, allowed: np.ndarray, fraction: float, rng: np.random.Generator) -> None:
+    """Replace each of ``chosen`` (in place) with probability ``fraction`` by a random ``allowed`` image."""
+    swap = rng.random(len(chosen)) < fraction
+    spare = np.setdiff1d(allowed, chosen)
+    if swap.any() and len(spare) >= swap.sum():
+        chosen[swap] = rng.choice(spare, int(swap.sum()), replace=False)
 
 
 # ---------------------------------------------------------------- the bench --
@@ -250,9 +302,10 @@ def distinct(pools) -> StimulusPool:
 class EfficiencyReport:
     """Sessions per strategy and the figures derived from them."""
 
-    sessions: dict[str, list[SessionResult]]
+    sessions: dict[str, list[SessionResult]]  # by arm label
     target: float
     twins: int
+    arms: list[Arm] = field(default_factory=list)
 
     def trials_to(self, strategy: str, target: float) -> float:
         """Trials the strategy's median curve (over sessions) needs to reach ``target``."""
@@ -321,46 +374,45 @@ class EfficiencyReport:
 
     def write_json(self, path: Path) -> None:
         """Rows, curves and every session's figures as JSON."""
-        import json
-
         data = {"target": self.target, "twins": self.twins, "rows": self.rows(),
+                "arms": [vars(arm) for arm in self.arms],
                 "sessions": {name: [vars(s) for s in runs] for name, runs in self.sessions.items()}}
         Path(path).write_text(json.dumps(data, indent=1, default=float))
 
 
-def run_efficiency(world: TwinWorld, core: CoreSpec, strategies: dict[str, dict], budget: int = 400,
+def run_efficiency(world: TwinWorld, core: CoreSpec, arms: list[Arm], budget: int = 400,
                    seeds: int = 3, target: float | None = None, log=print, members: int = 16,
                    cache: Path | None = None, **session) -> EfficiencyReport:
-    """Simulated sessions for each strategy (``{name: params}``, random always included) and seed,
-    each with a fresh :class:`~closedloop.learn.OnlineLearner` on ``core`` (features cached in
-    ``cache``, default the learner's own cache folder).
+    """Simulated sessions for each :class:`Arm` (random always included, first) and seed, each with
+    a fresh :class:`~closedloop.learn.OnlineLearner` on ``core`` (features cached in ``cache``,
+    default the learner's own cache folder).
 
     ``target`` defaults to the r random reaches at the full budget (median over seeds), so
     random needs about ``budget`` trials and a strategy's ratio says how many fewer it needs.
     """
     spec = learner_spec(core, members)
-    names = {"random": {}, **strategies}
+    arms = [Arm("random", "random")] + [arm for arm in arms if arm.label != "random"]
+    if len({arm.label for arm in arms}) < len(arms):
+        raise ClosedLoopError("strategies: two rows share a label (name them LABEL=NAME)")
     sessions: dict[str, list[SessionResult]] = {}
-    for name, params in names.items():
-        strategy_params(name, params)  # a bad name or setting fails before any session runs
-    for name, params in names.items():
-        sessions[name] = []
+    for arm in arms:
+        sessions[arm.label] = []
         with threadpool_limits(1):  # a multi-threaded BLAS on a shared machine is many times slower
             for seed in range(seeds):
                 started = time.perf_counter()
-                run = simulate_session(world, spec, name, params, budget=budget, seed=seed, cache=cache,
-                                       **session)
-                sessions[name].append(run)
-                log(f"{name} seed {seed}: r {run.r[-1]:.3f} after {budget} trials "
+                run = simulate_session(world, spec, arm.strategy, arm.params, budget=budget, seed=seed,
+                                       cache=cache, control=arm.control, **session)
+                sessions[arm.label].append(run)
+                log(f"{arm.label} seed {seed}: r {run.r[-1]:.3f} after {budget} trials "
                     f"({time.perf_counter() - started:.0f} s)")
     if target is None:
         target = float(np.median([s.r[-1] for s in sessions["random"]]))
-    return EfficiencyReport(sessions, target, len(world.names))
+    return EfficiencyReport(sessions, target, len(world.names), arms)
 
 
 def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path: Path, features_dir: Path | None = None,
                           limit: int = 12, core_models: int = 4, heldout_limit: int = 300,
-                          strategies: dict[str, dict] | None = None, budget: int = 400, batch: int = 4,
+                          arms: list[Arm] | None = None, budget: int = 400, batch: int = 4,
                           seeds: int = 3, target: float | None = None, cache: Path | None = None,
                           seed: int = 0, log=print) -> EfficiencyReport:
     """:func:`run_efficiency` from files: twins, pool and held-out images, the core's models."""
@@ -384,5 +436,5 @@ def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path:
     world = build_world(twins, pool, heldout.images[:heldout_limit], seed, cache, log)
     with tempfile.TemporaryDirectory(prefix="closedloop-core-") as folder:
         core = CoreSpec(kind="compact", path=core_folder(core_paths, Path(folder)), layer="4")
-        return run_efficiency(world, core, strategies or {}, budget, seeds, target, log, batch=batch,
+        return run_efficiency(world, core, arms or [], budget, seeds, target, log, batch=batch,
                               cache=None if cache is None else Path(cache) / "features")

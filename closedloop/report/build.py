@@ -177,5 +177,18 @@ def _posteriors(record: SessionRecord) -> str:
     if found is None:
         return html.paragraph(f"No decision carried a posterior (strategy {data.strategy(record)!r} keeps none).")
     x, probabilities = found
-    return html.figure(figures.png(figures.posteriors(x, probabilities)), "hypothesis posteriors",
-                       "Each hypothesis's posterior probability at every decision of the strategy.")
+    tested = data.proposal(record)
+    return (html.paragraph(proposal_line(tested)) if tested else "") + html.figure(
+        figures.png(figures.posteriors(x, probabilities)), "hypothesis posteriors",
+        "Each hypothesis's posterior probability at every decision of the strategy.")
+
+
+def proposal_line(state: dict) -> str:
+    """One sentence: what the model proposed the unit is, and the test's verdict on it."""
+    proposal = state["proposal"]
+    params = ", ".join(f"{key} {value:.3g}" for key, value in proposal["params"].items())
+    decided = state.get("decided")
+    outcome = (f"decided {decided!r} at probability {state['posterior'][decided]:.3f}" if decided else "undecided")
+    return (f"Proposed from the model after {proposal['after']} responses: {proposal['model']} ({params}; the fit "
+            f"explains {proposal['explained']:.0%} of the predicted variance over the probes). Test on the "
+            f"{state.get('responses', 0)} responses since: {state.get('verdict', 'undecided')}, {outcome}.")

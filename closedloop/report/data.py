@@ -144,3 +144,12 @@ def posteriors(record: SessionRecord) -> tuple[np.ndarray, dict[str, np.ndarray]
     names = list(dict.fromkeys(name for _, posterior in found for name in posterior))
     x = np.array([r for r, _ in found], float)
     return x, {name: np.array([p.get(name, np.nan) for _, p in found], float) for name in names}
+
+
+def proposal(record: SessionRecord) -> dict | None:
+    """The last logged state of a model-derived hypothesis test (the ``propose`` strategy's: its
+    ``proposal``, ``posterior``, ``responses``, ``decided`` and ``verdict``); None when no decision
+    carries a proposal."""
+    found = [s["state"] for s in record.selections
+             if isinstance(s.get("state"), dict) and isinstance(s["state"].get("proposal"), dict)]
+    return found[-1] if found else None

@@ -21,7 +21,8 @@ posterior, lambda_m: its value under posterior draw m):
 - ``synthesis``, ``evolution`` (:mod:`closedloop.select.synthesis`): new images made for the
   model, by gradient ascent in pixel space or evolution of curved-contour parameters.
 - ``variance_reduction`` (:mod:`closedloop.select.variance`): the images that most lower the
-  summed predictive variance over the pool (or one family of it), greedily per batch.
+  predictive variance of expected counts over a target (the pool, or one family of it such as
+  natural images or a held-out set), greedily per batch.
 - ``hypothesis`` (:mod:`closedloop.select.hypotheses`): a live test of which tuning hypothesis
   explains one neuron; ``validation`` (:mod:`closedloop.select.validation`): the model's top
   images against random natural images, with a sequential one-sided test.
@@ -144,6 +145,17 @@ class SelectionContext:
         return self.predictive()[0]
 
 
+@dataclass(frozen=True)
+class Part:
+    """A strategy another one is made of, as the other's settings name it: the setting naming it
+    (``name_field``), the setting holding its own settings (``params_field``), and their values."""
+
+    name_field: str
+    params_field: str
+    name: str
+    params: dict
+
+
 class Strategy:
     """Chooses ``k`` images; ``needs_model`` says whether predictions are used.
 
@@ -159,6 +171,13 @@ class Strategy:
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def made_of(cls, params: BaseModel) -> list[Part]:
+        """The strategies this one is made of (none by default). The registry validates them with
+        its settings and builds them (:func:`closedloop.select.registry.make_strategy`), passing
+        them to the constructor as ``parts``, by ``name_field``."""
+        return []
 
     def scores(self, context: SelectionContext, rng: np.random.Generator) -> np.ndarray:
         """One score per allowed image (higher: show sooner)."""

@@ -1,11 +1,13 @@
 """The efficiency benchmark: simulated sessions run the loop's own learner and selection policy;
 a short run on real twins completes and reports; its parts are right."""
 
+import json
+
 import numpy as np
 import pytest
 
 from closedloop.benchmarks import efficiency
-from closedloop.benchmarks.efficiency import (SessionResult, build_world, core_folder, learner_spec, run_efficiency,
+from closedloop.benchmarks.efficiency import (Arm, SessionResult, _mix_controls, build_world, core_folder, learner_spec, run_efficiency,
                                               simulate_session, twin_paths)
 from closedloop.config import CoreSpec
 from closedloop.errors import ClosedLoopError
@@ -70,17 +72,49 @@ def test_a_short_run_on_real_twins_completes_and_reports(small_world, tmp_path):
     assert world.pool_rates.shape == (96, 2) and np.all(world.pool_rates > 0)
     assert world.pool_rates.mean() == pytest.approx(2.4, rel=0.3)  # 24 spikes/s in a 100 ms window
     core = CoreSpec(kind="compact", path=core_folder(rest[:1], tmp_path / "core"), layer="4", dims=16)
-    report = run_efficiency(world, core, {"max_response": {}, "variance_reduction": {}}, budget=48, seeds=1,
+    arms = [Arm.parse("max_response"), Arm.parse('vr=variance_reduction+0.25:{"target": "heldout"}')]
+    report = run_efficiency(world, core, arms, budget=48, seeds=1,
                             log=lambda m: None, warmup=16, every=8, cache=tmp_path / "features")
     rows = {row["strategy"]: row for row in report.rows()}
-    assert set(rows) == {"random", "max_response", "variance_reduction"}
+    assert set(rows) == {"random", "max_response", "vr"}
     assert rows["random"]["fewer_trials_than_random"] == pytest.approx(1.0)
     assert rows["max_response"]["drive_vs_random"] > 1.0  # it shows what the model predicts drives most
     assert all(row["distinct_images"] == 48 for row in rows.values())  # no repeats by default
     curve = report.sessions["max_response"][0].r
     assert curve[-1] > max(0.2, curve[0] + 0.1)  # the learner learns from the counts: r rises past the warm-up
     table = report.table()
-    assert "x fewer than random" in table and "variance_reduction" in table
+    assert "x fewer than random" in table and "vr" in table
+    report.write_json(tmp_path / "out.json")
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert {"strategy": "variance_reduction", "label": "vr", "params": {"target": "heldout"},
+            "control": 0.25} in data["arms"]
+    assert {"fewer_trials_than_random", "drive_vs_random", "final_r"} <= set(data["rows"][0])
+
+
+def test_an_arm_names_its_strategy_params_and_random_controls():
+    assert Arm.parse("disagreement") == Arm("disagreement", "disagreement")
+    assert Arm.parse('vr=variance_reduction+0.2:{"scale": "latent"}') == Arm(
+        "vr", "variance_reduction", {"scale": "latent"}, 0.2)
+    assert Arm.parse("adept+0.5").label == "adept+0.5"
+    for bad, why in (("adept:{nope", "not JSON"), ("adept+many", "not a number"), ("adept+1.0", "control fraction"),
+                     ("nope", "unknown strategy 'nope'"), ('adept:{"weight": "x"}', "params.weight"),
+                     ("adept:[1]", "JSON object")):
+        with pytest.raises(ClosedLoopError, match=why):
+            Arm.parse(bad)
+
+
+def test_random_controls_replace_about_their_fraction_of_the_choices_with_unshown_candidates():
+    rng = np.random.default_rng(0)
+    allowed = np.arange(100, 1100)
+    replaced = 0
+    for _ in range(500):
+        chosen = np.arange(4)
+        _mix_controls(chosen, allowed, 0.25, rng)
+        kept = chosen < 4
+        assert np.all(chosen[kept] == np.arange(4)[kept]) and np.all(np.isin(chosen[~kept], allowed))
+        assert len(set(chosen.tolist())) == 4
+        replaced += (~kept).sum()
+    assert replaced / 2000 == pytest.approx(0.25, abs=0.03)
 
 
 def test_a_twin_folder_without_models_is_named(tmp_path):
