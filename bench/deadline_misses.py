@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.config import load_protocol, load_rig
-from closedloop.loop import run_session
+from closedloop.session import run_session
 from closedloop.record import read_session
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -36,7 +36,7 @@ import pylsl
 import torch
 
 from closedloop.config import UnitSpec, load_protocol, to_jsonable
-from closedloop.loop import candidate_pool, split_pool
+from closedloop.stimuli.candidates import candidate_pool, split_pool
 from closedloop.learn.worker import Accuracy, Choice, Response, Stopped, WorkerConfig, WorkerState, cores_folder
 from closedloop.record import SessionWriter
 from closedloop.replay.session_replay import Cadence, replay

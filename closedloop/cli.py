@@ -23,15 +23,31 @@ console = Console(stderr=True)  # progress and notes
 results = Console()  # tables the user asked for
 
 
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (a newline in an argument stays on one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Command(click.Group):
-    """Turns a ClosedLoopError into one line on stderr and exit status 2."""
+    """Turns a ClosedLoopError into one line on stderr and exit status 2; a usage error (click's,
+    exit status 2) keeps its message on one line too, whatever the arguments hold."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.message = _printable(exc.message)
+            raise
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ClosedLoopError as exc:
-            click.echo(f"closedloop: error: {exc}", err=True)
+            click.echo(f"closedloop: error: {_printable(str(exc))}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:
+            exc.message = _printable(exc.message)
+            raise
 
 
 @click.group(cls=_Command)
@@ -51,6 +67,8 @@ def _progress_table(progress, title: str) -> Table:
     table = Table(title=title, show_header=False, box=None)
     table.add_row("presented", f"{progress.presented}/{progress.total}")
     table.add_row("responses", str(progress.responses))
+    table.add_row("spike stream", {"ok": "ok", "gap": "[yellow]gap: waiting for it to return[/]",
+                                   "lost": "[red]lost[/]"}[progress.stream])
     table.add_row("deadline misses", str(progress.deadline_misses))
     table.add_row("dropped frames", str(progress.dropped_frames))
     t = progress.trials
@@ -66,15 +84,29 @@ def _progress_table(progress, title: str) -> Table:
 
 
 def _run(protocol, rig, out: Path, title: str, session: Path | None = None) -> dict:
-    """Run a new session in ``out`` (or resume ``session``) with a live progress display."""
-    from closedloop.loop import run_session
+    """Run a new session in ``out`` (or resume ``session``) with a live progress display; Ctrl-C
+    ends it with its summary written, as a one-line error."""
+    from closedloop.session import run_session
 
     resume = session is not None
     session = session or _session_dir(out, protocol.protocol.name)
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        summary = run_session(protocol, rig, session, resume=resume,
-                              on_progress=lambda p: live.update(_progress_table(p, title)))
+    shown = []
+
+    def show(progress) -> None:
+        live.update(_progress_table(progress, title))
+        shown.append(True)
+
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            summary = run_session(protocol, rig, session, resume=resume, on_progress=show)
+    except KeyboardInterrupt:
+        raise ClosedLoopError(f"interrupted; session recorded in {session} (status interrupted)") from None
+    finally:
+        if shown and not console.is_terminal:  # rich leaves a redirected stream after the table's last row
+            console.line()
     console.print(f"session recorded in {session}")
+    if summary["status"] != "complete":
+        console.print(f"the run ended early: {summary['status'].replace('_', ' ')}")
     return summary
 
 
@@ -146,37 +178,34 @@ def _with_strategy(protocol, strategy: str | None):
 @click.option("--rig", "rig_path", required=True, type=click.Path(path_type=Path), help="Simulated rig file.")
 @click.option("--stimuli", required=True, type=click.Path(path_type=Path),
               help="Stimulus file (.npz, as written to a session's stimuli.npz).")
-def simulate(rig_path: Path, stimuli: Path) -> None:
-    """Simulated acquisition: answer the marker stream with Poisson spikes over LSL."""
-    from closedloop.simulate.rig import SpikeSimulator
+@click.option("--session-id", default=None,
+              help="Serve this session only: its marker stream and the outlets here are pinned by the "
+                   "session's source_ids (closedloop-<kind>-ID).")
+def simulate(rig_path: Path, stimuli: Path, session_id: str | None) -> None:
+    """Simulated acquisition: answer the marker stream with Poisson spikes over LSL; ends with its
+    parent process."""
+    from closedloop.checks import check_rig
+    from closedloop.children import die_with_parent, ignore_sigint
     from closedloop.record.session import ADDED
+    from closedloop.simulate.rig import SpikeSimulator
     from closedloop.stimuli import StimulusPool
 
     rig = load_rig(rig_path)
     if not rig.rig.simulated:
         raise ClosedLoopError(f"rig file {rig_path}: field 'rig.simulated': this rig is not simulated")
-    simulator = SpikeSimulator(rig, StimulusPool.load(stimuli), added=stimuli.parent / ADDED)
+    check_rig(rig)
+    die_with_parent(os.getppid())  # started by a session: its start set this already, race-free
+    if session_id is not None:
+        ignore_sigint()  # the session stops its simulator
+    simulator = SpikeSimulator(rig, StimulusPool.load(stimuli), added=stimuli.parent / ADDED, session_id=session_id)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _stop_when_orphaned(stop)
     console.print(f"simulating {simulator.n} neurons on LSL stream {rig.spikes.name!r}")
     try:
         simulator.run(stop)
     except KeyboardInterrupt:
         pass
     console.print(f"sent {simulator.spikes_sent} spikes; unknown stimuli: {simulator.unknown_stimuli}")
-
-
-def _stop_when_orphaned(stop: threading.Event) -> None:
-    """Set ``stop`` if this process's parent dies (a killed ``run`` must not leave us behind)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while not stop.wait(0.5):
-            if os.getppid() != parent:
-                stop.set()
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @main.command()
@@ -346,9 +375,33 @@ def inspect_model_command(model: Path, out: Path, pool_path: Path | None, output
 
 
 # ------------------------------------------------------------------- bench --
-@main.group()
+class _Benchmarks(click.Group):
+    """``closedloop bench``: the harnesses that live in their own modules are imported only when
+    asked for (the fuzz harness needs hypothesis, a test extra)."""
+
+    harnesses = {"fuzz": "closedloop.benchmarks.fuzz:fuzz_command",
+                 "faults": "closedloop.benchmarks.faults:faults_command"}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.harnesses])
+
+    def get_command(self, ctx, name):
+        if name not in self.harnesses:
+            return super().get_command(ctx, name)
+        import importlib
+
+        module, attribute = self.harnesses[name].split(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ImportError as exc:
+            raise click.UsageError(f"closedloop bench {name} needs {exc.name}: "
+                                   "pip install -r requirements.lock -e '.[test]'") from None
+
+
+@main.group(cls=_Benchmarks)
 def bench() -> None:
-    """Benchmarks on digital twins: they print figures (medians and ratios), nothing is asserted."""
+    """Benchmarks on digital twins and harnesses that attack the product: they print figures
+    (medians and ratios), nothing is asserted."""
 
 
 @bench.command("efficiency")

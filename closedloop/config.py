@@ -5,6 +5,13 @@ for a simulated rig, the digital-twin neurons that stand in for the animal.
 A *protocol* file describes the experiment (timing, response window, stimulus
 pool, model, selection strategy). Both load into frozen pydantic models; any
 error names the file and the field.
+
+The schema alone decides what a value may be: every float is finite, physical
+quantities are positive, and sizes, durations and counts are bounded where a
+larger value would exhaust the machine or stop meaning anything. What needs
+the registries (strategies, neuron kinds, stimulus sets) or both files at once
+is checked in :mod:`closedloop.checks`. This module imports nothing of
+closedloop but :mod:`closedloop.errors`.
 """
 
 from __future__ import annotations
@@ -14,27 +21,58 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from closedloop.errors import ClosedLoopError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+POOL_LIMIT = 20_000
+"""Most images a stimulus pool may hold: rendering takes up to about 6 ms an image (contours,
+128 px), so 2 minutes at most, and 20,000 images of 128 px take 1 GB (see ``POOL_BYTES``)."""
+POOL_BYTES = 4 * 2**30
+"""Most bytes a rendered pool may take (images x side^2 x 3): 4 GiB, so a session's pool, the
+simulator's copy and the learner fit a workstation."""
+MANY = 1_000_000
+"""Bound on presentation and response counts: more than a week of presentations at one a second."""
+
+
+class Settings(BaseModel):
+    """A table of settings: unknown keys are refused and every float is finite (no inf, no NaN)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Strict(Settings):
+    """Settings that do not change once loaded."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+def _printable(text: str) -> str:
+    if not text.strip() or not text.isprintable():
+        raise ValueError("must be a non-blank, printable string")
+    return text
+
+
+Name = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
+"""A name (a stream's, a unit's, a file's): non-blank, printable, at most 200 characters."""
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="seed of the random draws, 0 to 2**32 - 1")]
+Channel = Annotated[int, Field(ge=-(2**31), le=2**31 - 1, description="a channel or unit number: an int32, "
+                               "as spike events carry it")]
 
 
 # --------------------------------------------------------------------- rig --
-class StreamSpec(_Strict):
+class StreamSpec(Strict):
     """An LSL stream pinned by name and type, and optionally by source_id and host.
 
     Pinning ``source_id`` and ``host`` makes a stray outlet with the same name
     elsewhere on the lab network a refused, reported mismatch.
     """
 
-    name: str
-    type: str
-    source_id: str | None = None
-    host: str | None = None
+    name: Name
+    type: Name
+    source_id: Name | None = None
+    host: Name | None = None
 
 
 class SpikeStreamSpec(StreamSpec):
@@ -48,37 +86,48 @@ class SpikeStreamSpec(StreamSpec):
     """
 
     format: Literal["events", "counts"] = "events"
-    rate: Annotated[float, Field(gt=0, description="bins/s of a simulated rig's counts stream")] = 1000.0
+    rate: Annotated[float, Field(ge=1, le=100_000, description="bins/s of a simulated rig's counts "
+                                 "stream, 1-100000")] = 1000.0
+    lost_after: Annotated[float, Field(gt=0, le=3600, description="s without a spike sample before the stream "
+                                       "counts as lost (a shorter silence is a gap); more than the rig's "
+                                       "stall_after, at most an hour")] = 10.0
+    on_lost: Literal["end", "flag"] = Field("end", description="end: the run ends cleanly with a summary; "
+                                            "flag: presentation goes on, every window flagged as a gap")
 
 
-class PatchSpec(_Strict):
+class PatchSpec(Strict):
     """A photodiode patch: a square in a screen corner, white while an image is on, else black."""
 
     corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "bottom-left"
-    size_px: Annotated[int, Field(gt=0)] = 40
+    size_px: Annotated[int, Field(gt=0, le=1024, description="side, px; at most the screen's height")] = 40
 
 
-class DisplaySpec(_Strict):
+ScreenPx = Annotated[int, Field(ge=16, le=16384)]
+ScreenCm = Annotated[float, Field(ge=1, le=1000)]
+
+
+class DisplaySpec(Strict):
     """The stimulus monitor and where the eye is (see ``closedloop.present.geometry``)."""
 
     backend: Literal["auto", "psychopy", "headless"] = "auto"
-    refresh_rate: Annotated[float, Field(gt=0, description="Hz")] = 60.0
-    size_px: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (800, 600)
-    size_cm: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (40.0, 30.0)
-    distance_cm: Annotated[float, Field(gt=0, description="eye to screen centre")] = 57.0
+    refresh_rate: Annotated[float, Field(ge=20, le=1000, description="Hz, 20-1000 (monitors run 24-500)")] = 60.0
+    size_px: tuple[ScreenPx, ScreenPx] = Field((800, 600), description="resolution, width and height, "
+                                               "16-16384 px (a larger frame buffer does not fit memory)")
+    size_cm: tuple[ScreenCm, ScreenCm] = Field((40.0, 30.0), description="visible width and height, 1-1000 cm")
+    distance_cm: Annotated[float, Field(ge=1, le=10_000, description="eye to screen centre, 1-10000 cm")] = 57.0
     fullscreen: bool = False
     photodiode_patch: PatchSpec | None = None
 
 
-class UnitSpec(_Strict):
+class UnitSpec(Strict):
     """One recorded unit: the spike stream's (channel, unit) pair and a name."""
 
-    name: str
-    channel: int
-    unit: int = 1
+    name: Name
+    channel: Channel
+    unit: Channel = 1
 
 
-class NeuronSpec(_Strict):
+class NeuronSpec(Strict):
     """A simulated neuron (or, for a folder of models, several).
 
     ``kind`` is a built-in V4-like unit (``curvature``, ``dot``,
@@ -89,21 +138,18 @@ class NeuronSpec(_Strict):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     kind: Literal["curvature", "dot", "orientation", "compact", "onnx"]
-    name: str | None = None
+    name: Name | None = None
     path: Path | None = None
-    limit: Annotated[int | None, Field(gt=0)] = None
+    limit: Annotated[int | None, Field(gt=0, le=10_000, description="models of a folder used, at most 10000")] = None
 
     @model_validator(mode="after")
     def _path_for_models(self) -> NeuronSpec:
-        from closedloop.simulate.neurons import check_params
-
         if self.kind in ("compact", "onnx") and self.path is None:
             raise ValueError(f"a {self.kind!r} neuron needs a 'path'")
-        check_params(self)
         return self
 
 
-class SimulationSpec(_Strict):
+class SimulationSpec(Strict):
     """How simulated neurons turn images into spikes.
 
     A neuron's model output ``y`` on an image is z-scored over the calibration
@@ -113,22 +159,28 @@ class SimulationSpec(_Strict):
     ``latency``) the neuron fires at that rate, otherwise at ``baseline_rate``.
     """
 
-    seed: int = 0
-    latency: Annotated[float, Field(ge=0, description="s")] = 0.05
-    baseline_rate: Annotated[float, Field(ge=0, description="spikes/s")] = 4.0
-    mean_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 24.0
-    gain: Annotated[float, Field(gt=0)] = 1.0
-    max_rate: Annotated[float, Field(gt=0, description="spikes/s")] = 200.0
-    display_lag: Annotated[float, Field(ge=0, description="s from the flip to the light")] = 0.0
-    photodiode_rate: Annotated[float, Field(gt=0, description="samples/s of the photodiode")] = 1000.0
-    clock_offset: Annotated[float, Field(description="s the acquisition clock runs ahead")] = 0.0
+    seed: Seed = 0
+    latency: Annotated[float, Field(ge=0, le=1, description="s, 0-1")] = 0.05
+    baseline_rate: Annotated[float, Field(ge=0, le=1000, description="spikes/s, 0-1000")] = 4.0
+    mean_rate: Annotated[float, Field(ge=0.1, le=1000, description="spikes/s, 0.1-1000")] = 24.0
+    gain: Annotated[float, Field(gt=0, le=10, description="at most 10: with z at most sqrt(calibration_images) "
+                                 "= 64, exp(gain * z) stays finite")] = 1.0
+    max_rate: Annotated[float, Field(ge=1, le=1000, description="spikes/s, 1-1000 (a neuron's refractory "
+                                     "period allows no more)")] = 200.0
+    display_lag: Annotated[float, Field(ge=0, le=1, description="s from the flip to the light, 0-1")] = 0.0
+    photodiode_rate: Annotated[float, Field(ge=1, le=100_000, description="samples/s of the photodiode, "
+                                            "1-100000")] = 1000.0
+    clock_offset: Annotated[float, Field(ge=-1e6, le=1e6, description="s the acquisition clock runs ahead, "
+                                         "at most 10^6 (11 days)")] = 0.0
     clock_drift_ppm: Annotated[float, Field(ge=-1000, le=1000, description="ppm")] = 0.0
-    calibration_images: Annotated[int, Field(gt=1)] = 256
-    fixation_breaks: Annotated[float, Field(ge=0, description="breaks/s while fixating")] = 0.0
-    break_duration: Annotated[float, Field(gt=0, description="s the gaze stays away")] = 0.5
-    gaze_noise: Annotated[float, Field(ge=0, description="degrees, SD of the gaze jitter")] = 0.1
-    gaze_rate: Annotated[float, Field(gt=0, description="samples/s of the gaze stream")] = 500.0
-    neurons: list[NeuronSpec] = Field(min_length=1)
+    calibration_images: Annotated[int, Field(gt=1, le=4096)] = 256
+    fixation_breaks: Annotated[float, Field(ge=0, le=10, description="breaks/s while fixating, 0-10")] = 0.0
+    break_duration: Annotated[float, Field(ge=0.001, le=60, description="s the gaze stays away, "
+                                           "0.001-60")] = 0.5
+    gaze_noise: Annotated[float, Field(ge=0, le=45, description="degrees, SD of the gaze jitter, 0-45")] = 0.1
+    gaze_rate: Annotated[float, Field(ge=1, le=10_000, description="samples/s of the gaze stream, "
+                                      "1-10000")] = 500.0
+    neurons: list[NeuronSpec] = Field(min_length=1, max_length=1000)
 
 
 class PhotodiodeSpec(StreamSpec):
@@ -141,12 +193,12 @@ class PhotodiodeSpec(StreamSpec):
     """
 
     format: Literal["analog", "events"] = "analog"
-    channel: Annotated[int, Field(ge=0)] = 0
+    channel: Annotated[int, Field(ge=0, le=1023)] = 0
     threshold: float = 0.5
-    max_delay: Annotated[float, Field(gt=0, description="s")] = 0.1
+    max_delay: Annotated[float, Field(ge=0.001, le=1, description="s, 0.001-1")] = 0.1
 
 
-class ClockSpec(_Strict):
+class ClockSpec(Strict):
     """How spike stamps are put on the stimulus PC's clock.
 
     ``lsl``: LSL's ``time_correction`` (both hosts stamp with LSL clocks).
@@ -157,27 +209,28 @@ class ClockSpec(_Strict):
     """
 
     sync: Literal["lsl", "events"] = "lsl"
-    sync_channel: int = 0
+    sync_channel: Channel = 0
 
 
-class RigInfo(_Strict):
-    name: str
+class RigInfo(Strict):
+    name: Name
     simulated: bool = False
 
 
-class Rig(_Strict):
+class Rig(Strict):
     """A validated rig file."""
 
     rig: RigInfo
     display: DisplaySpec = DisplaySpec()
     markers: StreamSpec = StreamSpec(name="closedloop-markers", type="Markers")
     spikes: SpikeStreamSpec = SpikeStreamSpec(name="closedloop-spikes", type="Spikes")
-    resolve_timeout: Annotated[float, Field(gt=0, description="s")] = 10.0
+    resolve_timeout: Annotated[float, Field(ge=0.01, le=600, description="s, 0.01-600")] = 10.0
     max_latency: Annotated[
-        float, Field(ge=0, description="s; longest delay of a spike on the network")
+        float, Field(ge=0, le=10, description="s; longest delay of a spike on the network, 0-10")
     ] = 0.05
     stall_after: Annotated[
-        float, Field(gt=0, description="s without a spike sample before the stream counts as gone")
+        float, Field(ge=0.01, le=600, description="s without a spike sample before the stream counts as "
+                     "gone, 0.01-600")
     ] = 2.0
     units: list[UnitSpec] = []
     clock: ClockSpec = ClockSpec()
@@ -197,24 +250,35 @@ class Rig(_Strict):
             raise ValueError("clock.sync = 'events' needs spikes.format = 'events' (sync events ride on it)")
         if self.clock.sync == "events" and any(u.channel == self.clock.sync_channel for u in self.units):
             raise ValueError(f"a unit uses channel {self.clock.sync_channel}, the sync channel")
+        if self.spikes.lost_after <= self.stall_after:
+            raise ValueError(f"spikes.lost_after ({self.spikes.lost_after} s) must be more than stall_after "
+                             f"({self.stall_after} s): a lost stream has stalled first")
+        patch = self.display.photodiode_patch
+        if patch is not None and patch.size_px > min(self.display.size_px):
+            raise ValueError(f"display.photodiode_patch.size_px ({patch.size_px}) is larger than the screen")
         return self
 
 
 # ---------------------------------------------------------------- protocol --
-class WindowSpec(_Strict):
+MIN_WINDOW = 0.001  # s: a shorter response window counts no spikes
+
+
+class WindowSpec(Strict):
     """Response window, seconds after stimulus onset."""
 
-    start: Annotated[float, Field(ge=0)] = 0.05
-    end: Annotated[float, Field(gt=0)] = 0.15
+    start: Annotated[float, Field(ge=0, le=5, description="s, 0-5")] = 0.05
+    end: Annotated[float, Field(gt=0, le=5, description="s, at most 5: responses come within it")] = 0.15
 
     @model_validator(mode="after")
     def _ordered(self) -> WindowSpec:
         if self.end <= self.start:
             raise ValueError("end must be after start")
+        if self.end - self.start < MIN_WINDOW:
+            raise ValueError(f"the window must be at least {MIN_WINDOW * 1000:g} ms long")
         return self
 
 
-class StimulusSpec(_Strict):
+class StimulusSpec(Strict):
     """Where and how large images appear, in degrees of visual angle from the fixation point."""
 
     size_deg: Annotated[float, Field(gt=0, lt=90, description="side of the square image patch")] = 4.0
@@ -229,35 +293,43 @@ class StimulusSpec(_Strict):
         return self
 
 
-class TrialSpec(_Strict):
+class TrialSpec(Strict):
     """A fixation trial: several images in rapid succession while the eye holds still.
 
     Without a gaze stream fixation is not checked, but trials keep their timing.
     """
 
-    images: Annotated[int, Field(ge=1, description="images per fixation")] = 4
-    fixation_deg: Annotated[float, Field(gt=0, description="fixation point diameter")] = 0.2
-    window_deg: Annotated[float, Field(gt=0, description="fixation window radius")] = 2.0
-    hold: Annotated[float, Field(ge=0, description="s of fixation before the first image")] = 0.3
-    acquire: Annotated[float, Field(gt=0, description="s to acquire fixation, then retry")] = 5.0
-    iti: Annotated[float, Field(ge=0, description="s of blank screen between trials")] = 0.5
+    images: Annotated[int, Field(ge=1, le=256, description="images per fixation")] = 4
+    fixation_deg: Annotated[float, Field(gt=0, le=10, description="fixation point diameter, at most 10")] = 0.2
+    window_deg: Annotated[float, Field(gt=0, le=90, description="fixation window radius, at most 90")] = 2.0
+    hold: Annotated[float, Field(ge=0, le=10, description="s of fixation before the first image, 0-10")] = 0.3
+    acquire: Annotated[float, Field(ge=0.01, le=60, description="s to acquire fixation, then retry; "
+                                    "0.01-60")] = 5.0
+    iti: Annotated[float, Field(ge=0, le=60, description="s of blank screen between trials, 0-60")] = 0.5
     reward: bool = Field(True, description="a reward marker after every completed trial")
 
 
-class PoolSpec(_Strict):
+class PoolSpec(Strict):
     """Candidate pool: a stimulus set file, or how many random images of each family."""
 
     set: Path | None = Field(None, description="stimulus set file (see closedloop.stimuli.sets), "
                              "relative to the protocol file; when given, families is not used")
-    families: dict[str, Annotated[int, Field(ge=0)]] = {
+    families: dict[str, Annotated[int, Field(ge=0, le=POOL_LIMIT)]] = Field({
         "contour": 400,
         "dot": 300,
         "grating": 300,
         "texture": 300,
-    }
+    }, description=f"random images of each family, at most {POOL_LIMIT} in all (see POOL_LIMIT)")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PoolSpec:
+        total = sum(self.families.values())
+        if self.set is None and total > POOL_LIMIT:
+            raise ValueError(f"families ask for {total} images; a pool holds at most {POOL_LIMIT}")
+        return self
 
 
-class CoreSpec(_Strict):
+class CoreSpec(Strict):
     """The learner's core: what it knows about images before the first trial (see
     :mod:`closedloop.learn.cores`). ``path`` resolves against the protocol file."""
 
@@ -270,9 +342,10 @@ class CoreSpec(_Strict):
                               "name to cut at (required)")
     match: str = Field("*", description="compact: only the model files whose names match this pattern "
                        "(e.g. 'compact_model_201025_*')")
-    limit: Annotated[int | None, Field(gt=0, description="compact: use the first `limit` models (after `match`)")] = None
-    grid: Annotated[int, Field(ge=1, description="feature maps are averaged to grid x grid blocks")] = 7
-    dims: Annotated[int, Field(ge=2, description="principal components of the features kept")] = 256
+    limit: Annotated[int | None, Field(gt=0, le=10_000, description="compact: use the first `limit` models "
+                                       "(after `match`)")] = None
+    grid: Annotated[int, Field(ge=1, le=64, description="feature maps are averaged to grid x grid blocks")] = 7
+    dims: Annotated[int, Field(ge=2, le=4096, description="principal components of the features kept")] = 256
 
     @model_validator(mode="after")
     def _what_each_kind_needs(self) -> CoreSpec:
@@ -290,67 +363,62 @@ class CoreSpec(_Strict):
         return None if self.layer in (None, "output") else int(self.layer)
 
 
-class ModelSpec(_Strict):
+Filters = Annotated[int, Field(ge=1, le=1024)]
+
+
+class ModelSpec(Strict):
     """The online learner: a core, Bayesian readouts per unit, background refinement."""
 
     core: CoreSpec = CoreSpec()
-    members: Annotated[int, Field(ge=2, description="posterior draws strategies see as ensemble members")] = 16
-    input_px: Annotated[int, Field(ge=16, description="scratch core: side of its input, pixels")] = 48
-    channels: tuple[int, int, int, int, int] = Field((8, 16, 16, 16, 16),
-                                                     description="scratch core: filters per layer")
-    refresh_every: Annotated[int, Field(ge=1, description="responses between background refits of the "
-                                        "readouts' ridge and noise (by the evidence)")] = 64
-    finetune_every: Annotated[int, Field(ge=0, description="responses between background fine-tunings of "
-                                         "the core (0: never)")] = 256
-    learning_rate: Annotated[float, Field(gt=0, description="fine-tuning step size")] = 1e-3
-    steps_per_update: Annotated[int, Field(ge=1, description="fine-tuning minibatches")] = 100
-    batch_size: Annotated[int, Field(ge=1, description="fine-tuning responses per minibatch")] = 32
-    threads: Annotated[int, Field(ge=1)] = 1
+    members: Annotated[int, Field(ge=2, le=256, description="posterior draws strategies see as ensemble "
+                                  "members")] = 16
+    input_px: Annotated[int, Field(ge=16, le=512, description="scratch core: side of its input, pixels")] = 48
+    channels: tuple[Filters, Filters, Filters, Filters, Filters] = Field(
+        (8, 16, 16, 16, 16), description="scratch core: filters per layer, 1-1024")
+    refresh_every: Annotated[int, Field(ge=1, le=MANY, description="responses between background refits of "
+                                        "the readouts' ridge and noise (by the evidence)")] = 64
+    finetune_every: Annotated[int, Field(ge=0, le=MANY, description="responses between background "
+                                         "fine-tunings of the core (0: never)")] = 256
+    learning_rate: Annotated[float, Field(gt=0, le=1, description="fine-tuning step size, at most 1 (Adam "
+                                          "diverges long before)")] = 1e-3
+    steps_per_update: Annotated[int, Field(ge=1, le=100_000, description="fine-tuning minibatches")] = 100
+    batch_size: Annotated[int, Field(ge=1, le=4096, description="fine-tuning responses per minibatch")] = 32
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
     warm_start: Path | None = Field(None, description="a learner checkpoint to start from (e.g. the previous "
                                     "session's checkpoints/learner-final.pt), relative to the protocol file; "
                                     "same units and core")
-    checkpoint_every: Annotated[int, Field(ge=0, description="responses between checkpoints in the "
+    checkpoint_every: Annotated[int, Field(ge=0, le=MANY, description="responses between checkpoints in the "
                                            "session's checkpoints/ (0: only the final one)")] = 100
 
 
-class ProtocolInfo(_Strict):
-    name: str
-    seed: int = 0
-    presentations: Annotated[int, Field(gt=0)] = 300
-    on_frames: Annotated[int, Field(gt=0)] = 6
-    off_frames: Annotated[int, Field(ge=1)] = 4
+class ProtocolInfo(Strict):
+    name: Name
+    seed: Seed = 0
+    presentations: Annotated[int, Field(gt=0, le=MANY)] = 300
+    on_frames: Annotated[int, Field(gt=0, le=1000, description="frames an image is on, at most 1000")] = 6
+    off_frames: Annotated[int, Field(ge=1, le=1000, description="frames of grey after it, at most 1000")] = 4
 
 
-class SelectionSpec(_Strict):
+class SelectionSpec(Strict):
     """How the next images are chosen."""
 
-    strategy: str = "disagreement"
+    strategy: Name = "disagreement"
     params: dict[str, Any] = Field({}, description="the strategy's settings, checked by the strategy")
-    warmup: Annotated[int, Field(ge=0, description="responses before the model chooses")] = 30
-    batch: Annotated[int, Field(ge=1, description="images per decision")] = 4
+    warmup: Annotated[int, Field(ge=0, le=MANY, description="responses before the model chooses")] = 30
+    batch: Annotated[int, Field(ge=1, le=256, description="images per decision")] = 4
     control_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    no_repeat: Annotated[int, Field(ge=0, description="presentations before an image may return")] = 50
+    no_repeat: Annotated[int, Field(ge=0, le=MANY, description="presentations before an image may return")] = 50
     requeue_gaps: bool = Field(True, description="show again an image whose window a spike gap cut")
 
-    @model_validator(mode="after")
-    def _known_strategy(self) -> SelectionSpec:
-        from closedloop.select.registry import strategy_params  # strategies may import stimuli
 
-        try:
-            strategy_params(self.strategy, self.params)
-        except ClosedLoopError as exc:  # pydantic reports ValueErrors with the field's name
-            raise ValueError(str(exc)) from None
-        return self
-
-
-class HeldoutSpec(_Strict):
+class HeldoutSpec(Strict):
     """Held-out images: shown for accuracy, never trained on nor selected."""
 
-    images: Annotated[int, Field(ge=3)] = 30
-    every: Annotated[int, Field(ge=2, description="every n-th presentation is held out")] = 5
+    images: Annotated[int, Field(ge=3, le=POOL_LIMIT)] = 30
+    every: Annotated[int, Field(ge=2, le=MANY, description="every n-th presentation is held out")] = 5
 
 
-class Protocol(_Strict):
+class Protocol(Strict):
     """A validated protocol file."""
 
     protocol: ProtocolInfo
@@ -373,26 +441,46 @@ class Protocol(_Strict):
 
 # ------------------------------------------------------------------ loading --
 def _describe(error: ValidationError) -> str:
+    """The first problem of a validation error on one line: ``field 'a.b': message`` (a check across
+    fields names them in its message)."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"field '{field}': {first['msg'].removeprefix('Value error, ')}"
+    field = ".".join(str(part) for part in first["loc"])
+    message = " ".join(first["msg"].removeprefix("Value error, ").split())
+    return f"field '{field}': {message}" if field else message
+
+
+def _read(path: Path) -> dict:
+    """The table a TOML file, or a session's resolved JSON, holds; ``ValueError`` saying what is wrong."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError("not found") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise ValueError("not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise ValueError(f"unreadable ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not an object (of tables)")
+    return data
 
 
 def _load(path: Path | str, model: type[BaseModel], what: str):
     """Validate a TOML file, or the resolved JSON a session directory keeps."""
     path = Path(path)
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            data.pop("recorded_units", None)  # the session's own note, not configuration
-        else:
-            data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClosedLoopError(f"{what} file {path}: not found") from None
-    except json.JSONDecodeError as exc:
-        raise ClosedLoopError(f"{what} file {path}: not valid JSON ({exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ClosedLoopError(f"{what} file {path}: not valid TOML ({exc})") from None
+        data = _read(path)
+    except ValueError as exc:
+        raise ClosedLoopError(f"{what} file {path}: {exc}") from None
+    if path.suffix == ".json":
+        data.pop("recorded_units", None)  # the session's own note in its rig.json, not configuration
     try:
         return model.model_validate({**data, "source": path.resolve()})
     except ValidationError as exc:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from closedloop.simulate.generate import protocol_text, rig_text
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -95,68 +97,13 @@ class SimFiles:
     def rig(path: Path, stream_name: str, fixation_breaks: float | None = None) -> None:
         """A headless simulated rig with the three built-in units, on its own LSL streams; with
         ``fixation_breaks`` (per s) the simulator also plays an eye on a gaze stream."""
-        gaze = "" if fixation_breaks is None else f"""
-[gaze]
-name = "{stream_name}-gaze"
-type = "Gaze"
-"""
-        path.write_text(f"""
-[rig]
-name = "test-sim"
-simulated = true
-[display]
-backend = "headless"
-[markers]
-name = "{stream_name}-markers"
-type = "Markers"
-[spikes]
-name = "{stream_name}-spikes"
-type = "Spikes"
-{gaze}
-[simulation]
-seed = 2
-mean_rate = 60.0        # strongly driven: fewer trials tell the tuning apart
-fixation_breaks = {fixation_breaks or 0.0}
-break_duration = 0.1
-[[simulation.neurons]]
-kind = "curvature"
-[[simulation.neurons]]
-kind = "dot"
-[[simulation.neurons]]
-kind = "orientation"
-""")
+        breaks = {} if fixation_breaks is None else {"fixation_breaks": fixation_breaks, "break_duration": 0.1}
+        path.write_text(rig_text(stream_name, gaze=fixation_breaks is not None, **breaks))
 
     @staticmethod
     def protocol(path: Path, presentations: int) -> None:
         """A short, small protocol (random selection) that runs in seconds."""
-        path.write_text(f"""
-[protocol]
-name = "short"
-seed = 1
-presentations = {presentations}
-on_frames = 4
-off_frames = 2
-[stimulus]
-size_deg = 3.2          # 64 px on the default display
-[trial]
-images = 4
-hold = 0.0
-iti = 0.0
-[pool]
-families = {{ contour = 100, dot = 80, grating = 80, texture = 80 }}
-[model]
-members = 5
-input_px = 32
-channels = [8, 8, 8, 8, 8]
-steps_per_update = 30
-[selection]
-strategy = "random"
-warmup = 20
-batch = 4
-[heldout]
-images = 60
-every = 4
-""")
+        path.write_text(protocol_text(presentations))
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,15 @@ def test_unreadable_model_file(tmp_path, stream_name):
     assert "compact_model_1_neuron0" in line
 
 
+def test_errors_stay_on_one_line_whatever_the_arguments_hold(tmp_path):
+    """A newline in an argument (a path, a stray word) is escaped, never a second line of stderr."""
+    line = error_line(closedloop("run", tmp_path / "no\nsuch.toml", "--rig", ROOT / "rigs" / "sim.toml"))
+    assert "no\\nsuch.toml" in line
+    result = closedloop("export", "session", "extra\nword", "--nwb", tmp_path / "s.nwb")
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith("Error: Got unexpected extra") \
+        and result.stderr.splitlines()[-1].endswith("(extra\\nword)"), result.stderr
+
+
 @pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["simulate", "--help"], ["demo", "--help"]])
 def test_help(command):
     result = closedloop(*command)
@@ -111,12 +120,14 @@ def test_demo_compares_model_chosen_with_random(tmp_path, stream_name, sim_files
 
 def _small_session(path: Path) -> None:
     """A session written by the real SessionWriter: 6 presentations, 2 units."""
+    from closedloop.config import Protocol, to_jsonable
     from closedloop.record import SessionWriter
 
     pool = generate_pool({"dot": 3, "grating": 3}, 32, seed=0)
     rig = {"rig": {"name": "lab"}, "recorded_units": [{"name": "a", "channel": 1, "unit": 1},
                                                        {"name": "b", "channel": 2, "unit": 1}]}
-    writer = SessionWriter(path, {"protocol": {"name": "p"}, "window": {"start": 0.05, "end": 0.15}}, rig, pool)
+    protocol = to_jsonable(Protocol.model_validate({"protocol": {"name": "p"}}))
+    writer = SessionWriter(path, protocol, rig, pool)
     for i in range(6):
         onset = 100.0 + 0.2 * i
         writer.log("markers", {"index": i, "stimulus": pool.ids[i], "pool_index": i, "role": "chosen",

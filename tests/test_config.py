@@ -1,3 +1,6 @@
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +44,6 @@ def _assert_one_line_naming(load, path: Path, text: str, message: str) -> None:
 @pytest.mark.parametrize("text, message", [
     ("[protocol]\nname = 'x'\npresentations = -1\n", "field 'protocol.presentations'"),
     ("[protocol]\nname = 'x'\n[window]\nstart = 0.2\nend = 0.1\n", "field 'window'.*end must be after start"),
-    ("[protocol]\nname = 'x'\n[selection]\nstrategy = 'best'\n", "unknown strategy 'best'"),
     ("[protocol]\nname = 'x'\nspeed = 3\n", "field 'protocol.speed'"),
     ("[protocol\n", "not valid TOML"),
     ("[window]\nstart = 0.1\n", "field 'protocol'"),
@@ -50,10 +52,6 @@ def _assert_one_line_naming(load, path: Path, text: str, message: str) -> None:
     ("[protocol]\nname = 'x'\n[stimulus]\nsize_deg = 0\n", "field 'stimulus.size_deg'"),
     ("[protocol]\nname = 'x'\n[stimulus]\nposition_deg = [88, 0]\n", "the patch reaches 90 degrees"),
     ("[protocol]\nname = 'x'\n[stimulus]\nbackground = 1.5\n", "field 'stimulus.background'"),
-    ("[protocol]\nname = 'x'\n[selection]\nstrategy = 'info_gain'\n[selection.params]\ndiversity = 2\n",
-     "field 'selection': strategy 'info_gain': params.diversity: Input should be less than or equal to 1"),
-    ("[protocol]\nname = 'x'\n[selection]\nstrategy = 'adept'\n[selection.params]\nwieght = 2\n",
-     "field 'selection': strategy 'adept': params.wieght: Extra inputs are not permitted"),
 ])
 def test_bad_protocols_name_the_file_and_field(tmp_path, text, message):
     _assert_one_line_naming(load_protocol, tmp_path / "bad.toml", text, message)
@@ -76,3 +74,111 @@ def test_bad_rigs_name_the_file_and_field(tmp_path, text, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ClosedLoopError, match="rig file .*nope.toml: not found"):
         load_rig(tmp_path / "nope.toml")
+
+
+# Values a user's fuzz run found passing validation, then crashing or misbehaving in a run: each is
+# now refused on load, naming the field.
+PROTOCOL_DEFECTS = [
+    ("trial", "hold", "inf", "trial.hold"),
+    ("trial", "iti", "inf", "trial.iti"),
+    ("trial", "iti", "1e300", "trial.iti"),
+    ("trial", "acquire", "1e-300", "trial.acquire"),
+    ("window", "end", "inf", "window.end"),
+    ("window", "end", "1e300", "window.end"),
+    ("window", "start", "nan", "window.start"),
+    ("stimulus", "position_deg", "[nan, 0]", "stimulus.position_deg.0"),
+    ("model", "learning_rate", "inf", "model.learning_rate"),
+    ("model", "learning_rate", "1e300", "model.learning_rate"),
+    ("model", "channels", "[0, 16, 16, 16, 16]", "model.channels.0"),
+    ("protocol", "seed", "-1", "protocol.seed"),
+    ("protocol", "seed", "18446744073709551616", "protocol.seed"),
+    ("protocol", "presentations", "9223372036854775807", "protocol.presentations"),
+    ("pool", "families", "{ dot = 1000000000 }", "pool.families.dot"),
+    ("pool", "families", "{ dot = 15000, grating = 15000 }", "pool"),
+]
+
+
+@pytest.mark.parametrize("table, key, value, field", PROTOCOL_DEFECTS)
+def test_protocol_values_that_broke_runs_are_refused(tmp_path, table, key, value, field):
+    setting = f"{key} = {value}\n" if table == "protocol" else f"[{table}]\n{key} = {value}\n"
+    text = f"[protocol]\nname = 'x'\n{setting}"
+    expected = f"field '{field}'" if field != "pool" else "a pool holds at most 20000"
+    _assert_one_line_naming(load_protocol, tmp_path / "bad.toml", text, expected)
+
+
+UNITS = "[[units]]\nname = 'a'\nchannel = 1\n"
+SIMULATED = "[simulation]\n[[simulation.neurons]]\nkind = 'dot'\n"
+RIG_DEFECTS = [
+    ("[display]\nrefresh_rate = inf\n", "display.refresh_rate"),
+    ("[display]\nrefresh_rate = 1e-300\n", "display.refresh_rate"),
+    ("[display]\nrefresh_rate = 1e300\n", "display.refresh_rate"),
+    ("[display]\nsize_cm = [inf, 30]\n", "display.size_cm.0"),
+    ("[display]\ndistance_cm = inf\n", "display.distance_cm"),
+    ("[display]\nsize_px = [100000, 100000]\n", "display.size_px.0"),
+    ("[markers]\nname = ''\ntype = 'Markers'\n", "markers.name"),
+    ("[markers]\nname = \"a\\nb\"\ntype = 'Markers'\n", "markers.name"),
+    ("[spikes]\nname = 's'\ntype = 'Spikes'\nlost_after = inf\n", "spikes.lost_after"),
+    ("[gaze]\nname = ' '\ntype = 'Gaze'\n", "gaze.name"),
+    ("[[units]]\nname = 'b'\nchannel = 2147483648\n", "units.1.channel"),
+    ("[[units]]\nname = ''\nchannel = 2\n", "units.1.name"),
+]
+SIMULATION_DEFECTS = [
+    ("baseline_rate = inf\n", "simulation.baseline_rate"),
+    ("latency = inf\n", "simulation.latency"),
+    ("gain = inf\n", "simulation.gain"),
+    ("gain = 1e300\n", "simulation.gain"),
+    ("seed = -1\n", "simulation.seed"),
+    ("calibration_images = 1000000\n", "simulation.calibration_images"),
+]
+
+
+@pytest.mark.parametrize("tables, field", RIG_DEFECTS)
+def test_rig_values_that_broke_runs_are_refused(tmp_path, tables, field):
+    _assert_one_line_naming(load_rig, tmp_path / "rig.toml", f"[rig]\nname = 'r'\n{UNITS}{tables}", f"field '{field}'")
+
+
+@pytest.mark.parametrize("values, field", SIMULATION_DEFECTS)
+def test_simulation_values_that_broke_runs_are_refused(tmp_path, values, field):
+    text = f"[rig]\nname = 'r'\nsimulated = true\n[simulation]\n{values}[[simulation.neurons]]\nkind = 'dot'\n"
+    _assert_one_line_naming(load_rig, tmp_path / "rig.toml", text, f"field '{field}'")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stall_after = 5.0\n[spikes]\nname = 's'\ntype = 'Spikes'\nlost_after = 5.0\n",
+     r"spikes.lost_after \(5.0 s\) must be more than stall_after \(5.0 s\)"),
+    ("[display]\nsize_px = [800, 600]\nphotodiode_patch = { size_px = 700 }\n", "photodiode_patch.size_px .* larger"),
+])
+def test_rig_cross_field_checks(tmp_path, text, message):
+    _assert_one_line_naming(load_rig, tmp_path / "rig.toml", f"{text}[rig]\nname = 'r'\n{UNITS}", message)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("rig.json", b"[]", "holds a JSON list, not an object"),
+    ("rig.json", b"3", "holds a JSON int, not an object"),
+    ("rig.json", b"{nope", "not valid JSON"),
+    ("rig.toml", b"\xff\xfe\x00garbage", "not a text file"),
+    ("rig.json", b"\xff\xfe\x00garbage", "not a text file"),
+    ("rig.toml", None, "is a directory"),
+])
+def test_unreadable_files_are_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ClosedLoopError, match=message) as info:
+        load_rig(path)
+    assert str(info.value).startswith(f"rig file {path}: ") and "\n" not in str(info.value)
+
+
+def test_config_is_a_leaf():
+    """config.py imports nothing of closedloop but errors: no circle through the registries."""
+    source = (ROOT / "closedloop" / "config.py").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for a in node.names}
+    assert {m for m in imported if m and m.startswith("closedloop")} == {"closedloop.errors"}
+    loaded = subprocess.run([sys.executable, "-c", "import sys, closedloop.config; print(' '.join(sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    package = {m for m in loaded if m.startswith("closedloop")}
+    assert package <= {"closedloop", "closedloop.config", "closedloop.errors", "closedloop.liblsl"}
+    assert "torch" not in loaded

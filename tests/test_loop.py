@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from closedloop.config import load_protocol, load_rig
-from closedloop.loop import run_session
+from closedloop.session import run_session
 from closedloop.present.headless import HeadlessPresenter
 from closedloop.record import read_session
 

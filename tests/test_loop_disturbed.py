@@ -1,17 +1,21 @@
 """The loop through disturbances: a model that falls behind, a spike stream that drops out, and
 the session's own process killed.
 
-One session on the simulated rig (real LSL, a real simulator and model worker, headless
+One session on a real rig (real LSL, a real acquisition system and model worker, headless
 presenter) is disturbed from ``on_progress``, which runs in the presentation loop:
 
 * after presentation ``FREEZE`` the model worker is stopped (SIGSTOP): it cannot answer, so once
   its last choice is used up the presenter must fall back to random images; it goes on
   (SIGCONT) after presentation ``THAW``; meanwhile ``control_fraction`` puts random controls
   among the images;
-* after presentation ``CUT`` the simulator is killed (SIGKILL) while the windows of the last
-  presentations are still open; once the loop has declared the stream gone, a new simulator
+* after presentation ``CUT`` the acquisition system is killed (SIGKILL) while the windows of the
+  last presentations are still open; once the loop has declared the stream gone, a new one
   takes the stream over (as restarted acquisition software would), and the loop goes on when
   the gap is closed and the windows it cut are handled.
+
+The acquisition system there is a real rig's: ``closedloop simulate`` started by the test for the
+session's id (a session's own simulator that dies ends the run instead: tests/test_session_faults.py).
+The same rig's stream, killed for good, is lost: the run ends cleanly, or goes on flagged.
 
 Another session runs as ``closedloop run`` and is killed with SIGKILL after ``KILL_AFTER``
 responses: the processes it started must end with it, and ``closedloop resume`` must remove the
@@ -27,11 +31,14 @@ import uuid
 
 import numpy as np
 import psutil
+import pylsl
 import pytest
 from scipy.stats import binom
 
-from closedloop import loop
+from closedloop import session as session_module
+from closedloop.stimuli.candidates import candidate_pool, split_pool
 from closedloop.config import load_protocol, load_rig
+from closedloop.present.geometry import Layout
 from closedloop.record import read_session
 
 PRESENTATIONS = 96
@@ -44,25 +51,65 @@ KILLED_PRESENTATIONS = 60
 KILL_AFTER = 20  # responses on disk when `closedloop run` is killed
 EXIT_DEADLINE = 60.0  # s for the killed run's processes to end
 STREAM_WAIT = 120.0  # s at most for the disturbed session's processes and streams to react
+SESSION = "session"  # the session directory's name: its id, which the acquisition serves
+LOST_AT = 16  # presentations shown before the acquisition is killed for good
+LOST_PRESENTATIONS = 80
+STALL_AFTER, LOST_AFTER = 0.5, 1.5  # s of silence before a gap, and before the stream is lost
 
 
 def _capture(patch: pytest.MonkeyPatch, name: str) -> list:
-    """Every object that ``closedloop.loop.<name>(...)`` makes from now on, in order."""
-    made, make = [], getattr(loop, name)
+    """Every object that ``closedloop.session.<name>(...)`` makes from now on, in order."""
+    made, make = [], getattr(session_module, name)
 
     def recording(*args, **kwargs):
         made.append(make(*args, **kwargs))
         return made[-1]
 
-    patch.setattr(loop, name, recording)
+    patch.setattr(session_module, name, recording)
     return made
+
+
+class Acquisition:
+    """A real rig (``rig.toml``, three units) whose acquisition system is ``closedloop simulate``
+    serving session ``SESSION`` (``sim.toml``), started and killed by the test."""
+
+    def __init__(self, tmp, sim_files, protocol_path, rig_extra: str = "", spikes_extra: str = ""):
+        self.tmp = tmp
+        sim_files.rig(tmp / "sim.toml", f"cltest-acquired-{uuid.uuid4().hex[:8]}")
+        text = "resolve_timeout = 120.0\n" + rig_extra + (tmp / "sim.toml").read_text()
+        text = text.replace('type = "Spikes"\n', 'type = "Spikes"\n' + spikes_extra)
+        (tmp / "sim.toml").write_text(text)
+        units = "".join(f'[[units]]\nname = "{name}"\nchannel = {k + 1}\nunit = 1\n'
+                        for k, name in enumerate(("curvature", "dot", "orientation")))
+        real = text.replace("simulated = true", "simulated = false").replace(
+            'type = "Spikes"\n', f'type = "Spikes"\nsource_id = "closedloop-spikes-{SESSION}"\n')
+        (tmp / "rig.toml").write_text(real.replace("[simulation]", units + "[simulation]"))
+        self.protocol, self.rig = load_protocol(protocol_path), load_rig(tmp / "rig.toml")
+        layout = Layout.of(self.rig.display, self.protocol.stimulus, self.protocol.trial)
+        candidate_pool(self.protocol, layout.patch_px).save(tmp / "pool.npz")  # the session's pool
+        self.processes: list[subprocess.Popen] = []
+        self.start()
+
+    def start(self) -> None:
+        with open(self.tmp / "acquisition.log", "ab") as log:
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "closedloop", "simulate", "--rig", self.tmp / "sim.toml", "--stimuli",
+                 self.tmp / "pool.npz", "--session-id", SESSION], stdout=log, stderr=subprocess.STDOUT))
+
+    def kill(self) -> None:
+        self.processes[-1].kill()
+        self.processes[-1].wait()
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def disturbed(tmp_path_factory, sim_files, wait_until):
     """The disturbed session: (summary, record, held-out pool indices)."""
     tmp = tmp_path_factory.mktemp("disturbed")
-    sim_files.rig(tmp / "rig.toml", f"cltest-disturbed-{uuid.uuid4().hex[:8]}")
     sim_files.protocol(tmp / "protocol.toml", PRESENTATIONS)
     text = (tmp / "protocol.toml").read_text()
     for old, new in ((f"batch = {BATCH}\n", f"batch = {BATCH}\ncontrol_fraction = {CONTROL_FRACTION}\n"),
@@ -70,15 +117,13 @@ def disturbed(tmp_path_factory, sim_files, wait_until):
         assert old in text
         text = text.replace(old, new)
     (tmp / "protocol.toml").write_text(text)
-    protocol, rig, session = load_protocol(tmp / "protocol.toml"), load_rig(tmp / "rig.toml"), tmp / "session"
-    start_simulator = loop.start_simulator
-    replacement = []  # the simulator started after the kill
+    acquisition = Acquisition(tmp, sim_files, tmp / "protocol.toml")
+    protocol, rig, session = acquisition.protocol, acquisition.rig, tmp / SESSION
 
     with pytest.MonkeyPatch.context() as patch:
-        workers, simulators, inlets = (_capture(patch, name)
-                                       for name in ("ModelWorker", "start_simulator", "SpikeInlet"))
+        workers, inlets = (_capture(patch, name) for name in ("ModelWorker", "SpikeInlet"))
 
-        def disturb(progress: loop.Progress) -> None:
+        def disturb(progress: session_module.Progress) -> None:
             if progress.presented == FREEZE:
                 worker = psutil.Process(workers[0].process.pid)
                 worker.suspend()
@@ -87,12 +132,10 @@ def disturbed(tmp_path_factory, sim_files, wait_until):
             elif progress.presented == THAW:
                 psutil.Process(workers[0].process.pid).resume()
             elif progress.presented == CUT:
-                simulators[0].kill()
-                simulators[0].wait()
+                acquisition.kill()
                 wait_until(lambda: inlets[0].in_gap_since is not None,
                            "the loop declares the stream gone", timeout=STREAM_WAIT)
-                replacement.append(start_simulator(rig.source, session / "stimuli.npz",
-                                                   session / "simulator.log"))
+                acquisition.start()
                 wait_until(lambda: inlets[0].gaps or inlets[0].error is not None,
                            "the spike stream returns", timeout=STREAM_WAIT)
                 assert inlets[0].error is None, f"the spike inlet failed: {inlets[0].error!r}"
@@ -100,15 +143,13 @@ def disturbed(tmp_path_factory, sim_files, wait_until):
                            "the cut windows are handled", timeout=STREAM_WAIT)
 
         try:
-            summary = loop.run_session(protocol, rig, session, on_progress=disturb)
+            summary = session_module.run_session(protocol, rig, session, on_progress=disturb)
         finally:
             if workers and workers[0].process.is_alive():
                 psutil.Process(workers[0].process.pid).resume()
-            for simulator in replacement:
-                simulator.terminate()
-                simulator.wait(timeout=30)
+            acquisition.close()
     record = read_session(session)
-    _, heldout = loop.split_pool(len(record.pool), protocol.heldout.images, protocol.protocol.seed)
+    _, heldout = split_pool(len(record.pool), protocol.heldout.images, protocol.protocol.seed)
     return summary, record, set(heldout.tolist())
 
 
@@ -165,6 +206,48 @@ def test_images_a_spike_gap_cut_are_shown_again_and_never_trained_on(disturbed):
     # The worker learned every other response of a trained role, and none of the cut ones.
     learned = sum(r["role"] != "heldout" and not r.get("gap") for r in record.responses)
     assert record.accuracy[-1]["responses"] == learned
+
+
+@pytest.fixture(scope="module", params=["end", "flag"])
+def lost(request, tmp_path_factory, sim_files):
+    """A session whose acquisition is killed for good after ``LOST_AT`` presentations, with
+    ``[spikes] on_lost`` = the param: (on_lost, summary, record, local time of the kill)."""
+    tmp = tmp_path_factory.mktemp(f"lost-{request.param}")
+    sim_files.protocol(tmp / "protocol.toml", LOST_PRESENTATIONS)
+    acquisition = Acquisition(tmp, sim_files, tmp / "protocol.toml", rig_extra=f"stall_after = {STALL_AFTER}\n",
+                              spikes_extra=f'lost_after = {LOST_AFTER}\non_lost = "{request.param}"\n')
+    killed = []
+
+    def kill(progress: session_module.Progress) -> None:
+        if progress.presented == LOST_AT and not killed:
+            acquisition.kill()
+            killed.append(pylsl.local_clock())
+
+    try:
+        summary = session_module.run_session(acquisition.protocol, acquisition.rig, tmp / SESSION, on_progress=kill)
+    finally:
+        acquisition.close()
+    return request.param, summary, read_session(tmp / SESSION), killed[0]
+
+
+def test_a_lost_stream_ends_the_run_cleanly_or_flags_every_window(lost):
+    on_lost, summary, record, killed = lost
+    assert summary["spike_stream"] == "lost" and summary == record.summary
+    (event,) = [e for e in record.events if e["kind"] == "spike_stream_lost"]
+    assert event["on_lost"] == on_lost and killed - 0.1 < event["since"] < killed
+    assert event["time"] - event["since"] >= LOST_AFTER
+    window = record.protocol["window"]
+    assert all(not r.get("gap") for r in record.responses if r["onset"] + window["end"] < event["since"])
+    if on_lost == "end":  # ended within a trial of the loss, the windows the silence cut left open
+        assert summary["status"] == "stream_lost" and summary["presentations"] == len(record.markers)
+        assert len(record.markers) < LOST_PRESENTATIONS and max(m["onset"] for m in record.markers) < \
+            event["time"] + 1.0
+        assert not any(r.get("gap") for r in record.responses)
+    else:  # presentation went on; every window the silence touched is flagged
+        assert summary["status"] == "complete" and len(record.markers) == LOST_PRESENTATIONS
+        assert {r["index"] for r in record.responses} == {m["index"] for m in record.markers}
+        assert all(r.get("gap") for r in record.responses if r["onset"] + window["end"] > event["since"])
+        assert summary["gap_responses"] >= LOST_PRESENTATIONS - LOST_AT - 2
 
 
 def _running(process: psutil.Process) -> bool:
@@ -241,6 +324,10 @@ def test_resume_removes_records_cut_mid_write_and_finishes_the_session(killed):
     (resumed,) = [e for e in after.events if e["kind"] == "resumed"]
     assert resumed["from_presentation"] == len(before.markers)
     assert set(resumed["unanswered"]) == {m["index"] for m in before.markers} - {r["index"] for r in before.responses}
+    in_flight = [m["pool_index"] for m in before.markers
+                 if m["index"] in resumed["unanswered"] and m["role"] != "heldout"]
+    requeued = [m["pool_index"] for m in after.markers[len(before.markers):] if m["role"] == "requeued"]
+    assert requeued[:len(in_flight)] == in_flight  # shown again first
     assert set(range(len(before.markers), KILLED_PRESENTATIONS)) <= {r["index"] for r in after.responses}
     # The new model worker learned the recorded responses, then the new ones.
     learned = sum(r["role"] != "heldout" and not r.get("gap") for r in after.responses)
@@ -251,4 +338,4 @@ def test_resume_removes_records_cut_mid_write_and_finishes_the_session(killed):
     again = subprocess.run([sys.executable, "-m", "closedloop", "resume", session],
                            capture_output=True, text=True, timeout=300)  # a finished session refuses to go on
     assert again.returncode == 2, again.stderr
-    assert f"all {KILLED_PRESENTATIONS} presentations are recorded" in again.stderr
+    assert "nothing to resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1

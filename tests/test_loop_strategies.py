@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from closedloop.config import load_protocol, load_rig
-from closedloop.loop import run_session
+from closedloop.session import run_session
 from closedloop.record import read_session
 
 HYPOTHESIS = """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pylsl
 
@@ -19,14 +21,16 @@ class GazeInlet(InletThread):
     ----------
     info : pylsl.StreamInfo
         The resolved gaze stream; at least two numeric channels.
+    on_event : callable(dict), optional
+        Receives ``clock_offset_changed`` (:class:`~closedloop.acquire.streams.InletThread`).
     """
 
-    def __init__(self, info: pylsl.StreamInfo):
+    def __init__(self, info: pylsl.StreamInfo, on_event: Callable[[dict], None] | None = None):
         kind = "string" if info.channel_format() == pylsl.cf_string else "numeric"
         if info.channel_count() < 2 or kind == "string":
             raise ClosedLoopError(f"LSL stream {info.name()!r}: a gaze stream needs 2 numeric channels "
                                   f"(x, y in degrees); found {info.channel_count()} {kind}")
-        super().__init__(info, max_buflen=10, thread_name="gaze-inlet")
+        super().__init__(info, max_buflen=10, thread_name="gaze-inlet", on_event=on_event)
         self._latest = (-np.inf, np.nan, np.nan)  # (s on this machine's clock, x, y degrees)
         self.samples = 0
 
@@ -46,6 +50,7 @@ class GazeInlet(InletThread):
     def _pull(self) -> None:
         while not self._stop.is_set():
             samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, as_numpy=True)
+            self._refresh_offset()
             if len(stamps):
                 x, y = np.asarray(samples)[-1, :2]
                 self._latest = (float(stamps[-1]) + self.offset, float(x), float(y))

@@ -48,15 +48,17 @@ class PhotodiodeInlet(InletThread):
         event stream is silent between light changes, so once a pull finds
         nothing newer, every light change up to ``max_latency`` s before it
         is known.
+    on_event : callable(dict), optional
+        Receives ``clock_offset_changed`` (:class:`~closedloop.acquire.streams.InletThread`).
     """
 
     def __init__(self, info: pylsl.StreamInfo, spec: PhotodiodeSpec, on_light: Callable[[float], None],
-                 max_latency: float = 0.05):
+                 max_latency: float = 0.05, on_event: Callable[[dict], None] | None = None):
         if spec.format == "analog" and (info.nominal_srate() <= 0 or info.channel_count() <= spec.channel):
             raise ClosedLoopError(f"LSL stream {info.name()!r}: an analog photodiode needs a regular rate "
                                   f"and channel {spec.channel}; found {info.channel_count()} channels at "
                                   f"{info.nominal_srate():g} Hz")
-        super().__init__(info, max_buflen=60, thread_name="photodiode-inlet")
+        super().__init__(info, max_buflen=60, thread_name="photodiode-inlet", on_event=on_event)
         self.spec = spec
         self._on_light = on_light
         self.max_latency = max_latency
@@ -69,6 +71,7 @@ class PhotodiodeInlet(InletThread):
             samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, max_samples=4096,
                                                      min_samples=1, as_numpy=True)
             pulled = pylsl.local_clock()
+            self._refresh_offset()
             stamps = stamps + self.offset
             if self.spec.format == "events":
                 lights = stamps

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pylsl
 
@@ -13,6 +15,21 @@ from closedloop.errors import ClosedLoopError
 SPIKE_CHANNELS = ("channel", "unit")
 GATHER = 1.0  # s to collect every outlet answering to a name once one has
 ANSWER_ALL = 1000  # "as many as answer": resolve until GATHER runs out
+OPEN_TIMEOUT = 5.0  # s for a resolved outlet to answer an inlet
+CLOCK_REFRESH = 2.0  # s between two readings of LSL's clock offset (liblsl re-measures it about as often)
+OFFSET_MOVED = 0.005  # s: an offset move reported as clock_offset_changed (LSL's own jitter: well under 1 ms)
+
+log = logging.getLogger(__name__)
+
+
+def session_stream(spec: StreamSpec, role: str, session_id: str) -> StreamSpec:
+    """``spec`` pinned to the outlet of ``role`` (``markers``, ``spikes``, ``photodiode``, ``gaze``)
+    in session ``session_id``: ``source_id`` ``closedloop-<role>-<session_id>``.
+
+    A session and its simulator find each other's outlets by these ids, so an orphaned or foreign
+    outlet of the same name is never picked up.
+    """
+    return spec.model_copy(update={"source_id": f"closedloop-{role}-{session_id}"})
 
 
 def describe(info: pylsl.StreamInfo) -> str:
@@ -56,8 +73,8 @@ def resolve_stream(spec: StreamSpec, timeout: float) -> pylsl.StreamInfo:
                               "pin source_id or host in the rig file")
     if found:
         refused = "; ".join(f"{describe(i)}: {_mismatch(spec, i)}" for i in found)
-        raise ClosedLoopError(f"LSL stream {spec.name!r}: refused same-named outlets that do not "
-                              f"match the rig file: {refused}")
+        raise ClosedLoopError(f"LSL stream {spec.name!r}: refused same-named outlets that are not "
+                              f"the one wanted: {refused}")
     others = pylsl.resolve_streams(wait_time=0.5)
     listed = ", ".join(sorted(f"{i.name()} ({i.type()})" for i in others)) or "none"
     raise ClosedLoopError(
@@ -113,32 +130,93 @@ def count_stream_info(spec: StreamSpec, source_id: str, channels: int, rate: flo
 class InletThread:
     """An LSL inlet pulled on its own thread (subclasses write ``_pull``).
 
-    ``start`` opens the stream and takes LSL's clock offset (``offset``, s to
-    add to a stamp for this machine's clock) unless ``corrects_clock`` is
-    False; an exception in the thread is kept in ``error`` for the session
-    loop to raise, never swallowed.
+    ``start`` opens the stream and takes LSL's clock offset (``offset``, s to add to a stamp for
+    this machine's clock); an exception in the thread is kept in ``error`` for the session loop
+    to raise, never swallowed. ``stop`` may follow a ``start`` that failed.
+
+    Clock offset. ``_pull`` calls :meth:`_refresh_offset` after every pull: every
+    :data:`CLOCK_REFRESH` s it reads liblsl's latest offset estimate (liblsl re-measures it in the
+    background; reading never blocks the thread, and while there is none, as just after a
+    reconnection, the last one stays) and applies it to every stamp pulled from then on. A move
+    of more than :data:`OFFSET_MOVED` s is logged and reported to ``on_event`` as
+    ``clock_offset_changed``.
+
+    What this handles: a step of the sending host's LSL clock, or another host behind the same
+    source_id after a reconnection, within about ``CLOCK_REFRESH`` s plus liblsl's own update
+    interval (stamps pulled before then carry the old offset). What it cannot: a step of the
+    stamps alone (acquisition software stamping on a clock of its own that is set or restarted,
+    on an unchanged LSL clock) leaves the offset where it was; only event sync
+    (:class:`~closedloop.align.clock.ClockMap`) can see and follow it.
+
+    Parameters
+    ----------
+    info : pylsl.StreamInfo
+        The resolved stream.
+    max_buflen : int
+        liblsl's buffer: seconds of a regular stream, hundreds of samples of an irregular one.
+    thread_name : str
+        The pulling thread's name.
+    on_event : callable(dict), optional
+        Receives ``clock_offset_changed`` (``offset``, ``previous``, ``seconds`` moved, s).
     """
 
-    corrects_clock = True
-
-    def __init__(self, info: pylsl.StreamInfo, max_buflen: int, thread_name: str):
+    def __init__(self, info: pylsl.StreamInfo, max_buflen: int, thread_name: str,
+                 on_event: Callable[[dict], None] | None = None):
         self.name = info.name()
         self._inlet = pylsl.StreamInlet(info, max_buflen=max_buflen, recover=True)
         self.offset = 0.0
         self.error: BaseException | None = None
+        self._on_event = on_event
+        self._next_refresh = 0.0  # s, monotonic: when the offset is read again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
-    def start(self) -> None:
-        self._inlet.open_stream(timeout=5.0)
-        if self.corrects_clock:
-            self.offset = self._inlet.time_correction(timeout=5.0)
+    def start(self, timeout: float = OPEN_TIMEOUT) -> None:
+        """Open the stream, take its clock offset and start pulling.
+
+        Raises
+        ------
+        ClosedLoopError
+            The outlet did not answer within ``timeout`` s.
+        """
+        try:
+            self._inlet.open_stream(timeout=timeout)
+            self.offset = self._inlet.time_correction(timeout=timeout)
+        except pylsl.util.TimeoutError:
+            raise ClosedLoopError(f"LSL stream {self.name!r}: its outlet did not answer within "
+                                  f"{timeout:g} s") from None
+        self._next_refresh = time.monotonic() + CLOCK_REFRESH
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop pulling (if it started) and close the stream."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         self._inlet.close_stream()
+
+    def reconnected(self) -> bool:
+        """Whether liblsl reconnected the inlet (the outlet restarted, or the connection broke and
+        was made again) since the last call; from the pulling thread only."""
+        return self._inlet.was_clock_reset()
+
+    def _refresh_offset(self) -> None:
+        """Every :data:`CLOCK_REFRESH` s, take liblsl's latest clock offset, without waiting."""
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + CLOCK_REFRESH
+        try:
+            offset = self._inlet.time_correction(timeout=0.0)
+        except pylsl.util.TimeoutError:  # being re-measured (a reconnection): keep the last one
+            return
+        previous, self.offset = self.offset, offset
+        if abs(offset - previous) > OFFSET_MOVED:
+            log.warning("LSL stream %r: clock offset moved by %+.6f s", self.name, offset - previous)
+            if self._on_event is not None:
+                self._on_event({"kind": "clock_offset_changed", "stream": self.name, "offset": offset,
+                                "previous": previous, "seconds": offset - previous,
+                                "time": pylsl.local_clock()})
 
     def _run(self) -> None:
         try:

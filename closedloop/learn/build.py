@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from closedloop.errors import ClosedLoopError
 from closedloop.learn.readout import stabilise
 from closedloop.model.compact import CompactModel
+from closedloop.model.files import load_array
 
 IMAGE_PX = 112  # images are read at this side (the V4 sessions' own), then resized to input_px
 DEFAULT_CHANNELS = (48, 57, 32, 32, 32)
@@ -83,18 +84,10 @@ def read_session(images_path: Path | str, responses_path: Path | str, name: str 
     from closedloop.stimuli.natural import load_images
 
     images_path, responses_path = Path(images_path), Path(responses_path)
-    if not responses_path.is_file():
-        raise ClosedLoopError(f"{responses_path}: responses file not found")
-    try:
-        responses = np.load(responses_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        text = " ".join(str(exc).split())[:120]
-        raise ClosedLoopError(f"{responses_path}: unreadable responses file ({text})") from None
+    responses = load_array(responses_path, "responses file")
     if responses.ndim != 2 or 0 in responses.shape:
         raise ClosedLoopError(f"{responses_path}: expected (neurons, images) responses, found shape "
                               f"{responses.shape}")
-    if not np.issubdtype(responses.dtype, np.number) or np.issubdtype(responses.dtype, np.complexfloating):
-        raise ClosedLoopError(f"{responses_path}: responses must be real numbers, found {responses.dtype}")
     responses = responses.astype(np.float64)
     bad = ~np.isfinite(responses)
     if bad.any():
@@ -307,7 +300,7 @@ def build_core(sessions: list[Session], out: Path | str, channels=DEFAULT_CHANNE
 
 def describe(path: Path | str) -> list[tuple[str, str]]:
     """What a core file, or the ``[model.core]`` of a protocol file, is: (field, value) rows."""
-    from closedloop.learn.cores import CORE_FORMAT, load_core, read_core
+    from closedloop.learn.cores import load_core, read_core_file
 
     path = Path(path)
     if path.suffix.lower() == ".toml":
@@ -323,20 +316,24 @@ def describe(path: Path | str) -> list[tuple[str, str]]:
         if core.network is not None:
             rows.append(("parameters", f"{sum(p.numel() for p in core.network.parameters()):,}"))
         return rows
-    core = read_core(path)  # validates (one-line errors)
-    header = torch.load(path, map_location="cpu", weights_only=True)
-    assert header.get("format") == CORE_FORMAT
+    core, header = read_core_file(path)  # validates (one-line errors)
     network = core.network.networks[0].model
     trained = sum(p.numel() for name, p in network.named_parameters() if not name.startswith("layers.Beta"))
-    provenance = header.get("provenance") or {}
+    provenance = header["provenance"]
     rows = [("core", core.name), ("filters", "-".join(map(str, header["nums_filters"]))),
             ("input", f"{header['input_px']} px"), ("parameters", f"{trained:,}")]
-    for s in provenance.get("sessions", []):
+    sessions = provenance.get("sessions")
+    for s in sessions if isinstance(sessions, list) else []:
+        s = s if isinstance(s, dict) else {}
         rows.append((f"session {s.get('name')}", f"{s.get('neurons')} neurons, {s.get('images')} images "
-                     f"({s.get('heldout_images')} held out, r {s.get('heldout_r', float('nan')):.3f})"))
+                     f"({s.get('heldout_images')} held out, r {_number(s.get('heldout_r'))})"))
     for key in ("neurons", "images", "epochs", "best_epoch", "heldout_r", "grid", "seed", "targets", "seconds"):
         if key in provenance:
             value = provenance[key]
-            rows.append((key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) and key == "heldout_r"
-                         else str(value)))
+            rows.append((key.replace("_", " "), _number(value) if key == "heldout_r" else str(value)))
     return rows
+
+
+def _number(value: object) -> str:
+    """A provenance number to 3 decimals (anything else as it is)."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -38,9 +38,11 @@ from torch.nn import functional as F
 from closedloop.config import CoreSpec, ModelSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.model.compact import CompactModel, find_published, load_published
+from closedloop.model.files import load_torch
 
 CORE_FORMAT, CORE_VERSION = "closedloop-core", 1
 FEATURE_BATCH = 128
+MIN_INPUT_PX = 16  # pixels: the smallest input side a core file may declare
 PCA_IMAGES = 2000  # pool images the projection is fitted on (a seeded sample when the pool is larger)
 
 
@@ -252,13 +254,7 @@ def read_header(path: Path, what: str, form: str, version: int, hint: str) -> di
     """A torch file of closedloop's holding a dict with ``format`` ``form`` and ``version``; a
     one-line :class:`ClosedLoopError` names the file when it is missing, unreadable or another kind
     of file (``what`` it should be, ``hint`` where one comes from)."""
-    if not path.is_file():
-        raise ClosedLoopError(f"{path}: {what} not found")
-    try:
-        header = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
-        text = " ".join(str(error).split())[:120]
-        raise ClosedLoopError(f"{path}: unreadable or corrupt {what} ({type(error).__name__}: {text})") from None
+    header = load_torch(path, what)
     if not isinstance(header, dict) or header.get("format") != form:
         raise ClosedLoopError(f"{path}: not a closedloop {what} ({hint})")
     if header.get("version") != version:
@@ -269,20 +265,34 @@ def read_header(path: Path, what: str, form: str, version: int, hint: str) -> di
 
 def read_core(path: Path, grid: int = 7) -> Core:
     """A core file written by :func:`save_core`; one-line errors name the file and what is wrong."""
+    return read_core_file(path, grid)[0]
+
+
+def read_core_file(path: Path, grid: int = 7) -> tuple[Core, dict]:
+    """A core file as a :class:`Core` and its checked header (``nums_filters``, ``input_px`` in
+    pixels, ``provenance``); one-line errors name the file and the field that is wrong."""
     from closedloop.model.compact import check_state
 
     path = Path(path)
     header = read_header(path, "core file", CORE_FORMAT, CORE_VERSION, "make one with `closedloop core build`")
     filters, px, state = header.get("nums_filters"), header.get("input_px"), header.get("state_dict")
-    if not (isinstance(filters, list) and len(filters) == 5 and isinstance(px, int) and isinstance(state, dict)):
-        raise ClosedLoopError(f"{path}: corrupt core file (nums_filters, input_px or state_dict missing)")
+    provenance = header["provenance"] = header.get("provenance") or {}
+    whole = [isinstance(k, int) and not isinstance(k, bool) for k in (filters if isinstance(filters, list) else [])]
+    problems = {"nums_filters": not (isinstance(filters, list) and len(filters) == 5 and all(whole)
+                                     and min(filters) >= 1),
+                "input_px": not (isinstance(px, int) and not isinstance(px, bool) and px >= MIN_INPUT_PX),
+                "state_dict": not isinstance(state, dict), "provenance": not isinstance(provenance, dict)}
+    if bad := [name for name, wrong in problems.items() if wrong]:
+        raise ClosedLoopError(f"{path}: corrupt core file: field {bad[0]!r} is missing or wrong (nums_filters: "
+                              f"five whole numbers >= 1; input_px: pixels >= {MIN_INPUT_PX}; state_dict and "
+                              "provenance: dicts)")
     network = CompactModel(filters)
     check_state(path, network, state, f"compact core {filters}")
     network.load_state_dict(state)
-    provenance = header.get("provenance") or {}
     what = provenance.get("summary", "a shared compact core")
-    return Core(f"file: {path.name} ({what})", _digest("file", path, grid),
-                MapsCore([CompactLayer(network)], px, grid), grid=grid)
+    core = Core(f"file: {path.name} ({what})", _digest("file", path, grid), MapsCore([CompactLayer(network)], px, grid),
+                grid=grid)
+    return core, header
 
 
 # ------------------------------------------------------------------- projection --

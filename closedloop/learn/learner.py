@@ -26,6 +26,7 @@ import contextlib
 import copy
 import gc
 import json
+import math
 import queue
 import sys
 import threading
@@ -40,10 +41,11 @@ import torch
 from scipy.linalg.blas import sgemm
 
 from closedloop.config import ModelSpec
-from closedloop.errors import ClosedLoopError
+from closedloop.errors import ClosedLoopError, one_line
 from closedloop.learn.cores import Core, Projection, load_core, pool_features, read_header
 from closedloop.learn.readout import (COUNT_FLOOR, Posterior, count_variance, expected_counts, fit, stabilise,
                                       with_intercept)
+from closedloop.model.files import check_finite
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "closedloop-learner", 1
 MIN_HELDOUT = 5
@@ -420,12 +422,8 @@ class OnlineLearner:
         """A learner over pool ``images`` in the state checkpoint ``path`` was saved in (its core, as
         it was then, and its readouts); one-line errors name the file."""
         state = read_checkpoint(path)
-        try:
-            spec = ModelSpec.model_validate({**json.loads(state["spec"]), "warm_start": str(path)})
-        except (KeyError, ValueError) as error:
-            raise ClosedLoopError(f"{path}: corrupt learner checkpoint (its model settings: "
-                                  f"{type(error).__name__})") from None
-        return cls(images, int(state["units"]), spec, int(state.get("seed", 0)), background=background)
+        spec = state["spec"].model_copy(update={"warm_start": Path(path)})
+        return cls(images, state["units"], spec, state.get("seed", 0), background=background)
 
     def _warm_start(self, path: Path) -> np.ndarray:
         """Start from a checkpoint: its core weights, projection and readouts (their posterior, and
@@ -435,7 +433,7 @@ class OnlineLearner:
             raise ClosedLoopError(f"{path}: the checkpoint has {state['units']} units, this session {self.units}")
         network = state["network"]
         if (network is None) != (self.core.network is None):
-            raise ClosedLoopError(f"{path}: the checkpoint's core ({state['core']}) is not this session's "
+            raise ClosedLoopError(f"{path}: the checkpoint's core ({state.get('core')}) is not this session's "
                                   f"({self.core.name})")
         if network is not None:
             from closedloop.model.compact import check_state
@@ -598,10 +596,116 @@ def _heldout_r(posterior: Posterior, x: np.ndarray, s: _Snapshot) -> float | Non
     return float(np.mean(rs)) if rs else None
 
 
+def _is(kind: type) -> Callable[[object], bool]:
+    """A check: an instance of ``kind``."""
+    return lambda value: isinstance(value, kind)
+
+
+def _whole(low: int) -> Callable[[object], bool]:
+    """A check: an ``int`` (not a bool) of at least ``low``."""
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _positive(value: object) -> bool:
+    """A check: a finite real number above 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _weights(value: object) -> bool:
+    """A check: None (an ONNX core) or a state dict of named tensors."""
+    return value is None or (isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()))
+
+
+CHECKPOINT_FIELDS: dict[str, tuple[Callable[[object], bool], str, bool]] = {
+    # field (dotted: inside a dict field listed before it): its check, what it must be, whether required
+    "spec": (_is(str), "the model settings as JSON text", True),
+    "core": (_is(str), "the core's name", False),
+    "units": (_whole(1), "a whole number >= 1", True),
+    "seed": (_whole(0), "a whole number >= 0", False),
+    "responses": (_whole(0), "a whole number >= 0", False),
+    "core_version": (_whole(0), "a whole number >= 0", False),
+    "network": (_weights, "None or a dict of named tensors", True),
+    "projection": (_is(dict), "a dict of mean, std and components", True),
+    "posterior": (_is(dict), "a dict of S, M, noise, ridge and n", True),
+    "posterior.ridge": (_positive, "a finite number > 0", True),
+    "posterior.n": (_whole(0), "a whole number >= 0", False),
+}
+CHECKPOINT_TENSORS: dict[str, tuple[str, ...]] = {
+    # field: its axes by length; a length named twice must agree, "units" with the units field
+    "projection.mean": ("features",),
+    "projection.std": ("features",),
+    "projection.components": ("features", "dims"),
+    "posterior.S": ("dims+1", "dims+1"),
+    "posterior.M": ("dims+1", "units"),
+    "posterior.noise": ("units",),
+}
+_MISSING = object()
+
+
 def read_checkpoint(path: Path) -> dict:
-    """A learner checkpoint's contents; one-line errors name the file."""
-    return read_header(Path(path), "learner checkpoint", CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
-                       "a session's checkpoints/learner-*.pt")
+    """A learner checkpoint's contents, every field checked (:data:`CHECKPOINT_FIELDS`,
+    :data:`CHECKPOINT_TENSORS`: types, shapes that agree, finite values), its ``spec`` read as a
+    :class:`ModelSpec`.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the file and the first field that is missing or wrong.
+    """
+    path = Path(path)
+    state = read_header(path, "learner checkpoint", CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
+                        "a session's checkpoints/learner-*.pt")
+    for name, (check, what, required) in CHECKPOINT_FIELDS.items():
+        value = _field(state, name)
+        if value is _MISSING and required:
+            raise _corrupt(path, name, "missing")
+        if value is not _MISSING and not check(value):
+            raise _corrupt(path, name, f"expected {what}, got {_kind(value)}")
+    sizes = {"units": state["units"]}
+    for name, axes in CHECKPOINT_TENSORS.items():
+        _check_axes(path, name, _field(state, name), axes, sizes)
+    check_finite(path, {name: _field(state, name) for name in CHECKPOINT_TENSORS})
+    try:
+        state["spec"] = ModelSpec.model_validate(json.loads(state["spec"]))
+    except ValueError as error:  # bad JSON and pydantic's ValidationError alike
+        raise _corrupt(path, "spec", f"not valid model settings ({one_line(error)})") from None
+    return state
+
+
+def _field(state: dict, name: str) -> object:
+    """The value of a dotted field (its dicts already checked), or ``_MISSING``."""
+    value = state
+    for part in name.split("."):
+        value = value.get(part, _MISSING)
+    return value
+
+
+def _check_axes(path: Path, name: str, tensor: object, axes: tuple[str, ...], sizes: dict[str, int]) -> None:
+    """Check a float tensor field has the ``axes``, each as long as the same axis elsewhere
+    (``sizes``, the lengths seen so far, grows by those seen first; an axis ``"dims+1"`` is one
+    longer than ``"dims"``)."""
+    shape = "(" + ", ".join(axes) + ")"
+    if not (isinstance(tensor, torch.Tensor) and tensor.dtype in (torch.float32, torch.float64)):
+        raise _corrupt(path, name, f"expected a float32 or float64 tensor {shape}, got {_kind(tensor)}")
+    if tensor.ndim != len(axes):
+        raise _corrupt(path, name, f"expected a tensor {shape}, got shape {tuple(tensor.shape)}")
+    for axis, length in zip(axes, tensor.shape):
+        base, _, offset = axis.partition("+")
+        expected = sizes.setdefault(base, length - int(offset or 0)) + int(offset or 0)
+        if length != expected:
+            raise _corrupt(path, name, f"shape {tuple(tensor.shape)} does not agree with the other fields "
+                                       f"({axis} = {expected})")
+
+
+def _kind(value: object) -> str:
+    """A value's type for a message (with its dtype when a tensor)."""
+    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _corrupt(path: Path, name: str, problem: str) -> ClosedLoopError:
+    """The one-line error for a learner checkpoint's field ``name``."""
+    return ClosedLoopError(f"{path}: corrupt learner checkpoint: field {name!r}: {problem}")
 
 
 class LearnerPixels(torch.nn.Module):
@@ -636,24 +740,19 @@ def checkpoint_model(path: Path):
 
     path = Path(path)
     state = read_checkpoint(path)
-    try:
-        spec = ModelSpec.model_validate(json.loads(state["spec"]))
-        projection, posterior = state["projection"], state["posterior"]
-        weights, noise = posterior["M"], posterior["noise"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ClosedLoopError(f"{path}: corrupt learner checkpoint ({type(error).__name__})") from None
-    core = load_core(spec, int(state.get("seed", 0)))
+    projection, weights, noise = state["projection"], state["posterior"]["M"], state["posterior"]["noise"]
+    core = load_core(state["spec"], state.get("seed", 0))
     if core.network is None:
         raise ClosedLoopError(f"{path}: the learner's core ({core.name}) is ONNX, not a torch module; "
                               f"export or inspect the core's model itself")
-    if state.get("network") is not None:
+    if state["network"] is not None:
         check_state(path, core.network, state["network"], core.name)
         core.network.load_state_dict(state["network"])
     core.network.eval()
     module = LearnerPixels(core.network, projection, weights, noise)
     model = TorchImageModel(module, path.stem, module.input_px, (int(weights.shape[1]),), path=path)
     model.metadata = {"format": CHECKPOINT_FORMAT, "core": str(state.get("core")),
-                      "responses": int(state.get("responses", 0)), "units": int(weights.shape[1])}
+                      "responses": state.get("responses", 0), "units": state["units"]}
     return model
 
 

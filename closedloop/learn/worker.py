@@ -74,6 +74,7 @@ import numpy as np
 import pylsl
 from threadpoolctl import threadpool_limits
 
+from closedloop.children import die_with_parent, ignore_sigint, sigint_shielded
 from closedloop.config import ModelSpec, SelectionSpec, SimulationSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.select.policy import SelectionPolicy
@@ -337,7 +338,11 @@ def correlations(predicted: np.ndarray, observed: np.ndarray) -> list[float | No
 
 
 class ModelWorker:
-    """Starts the worker process and talks to it through two queues."""
+    """Starts the worker process and talks to it through two queues.
+
+    The process dies with the session's (even under SIGKILL) and ignores Ctrl-C: the session stops
+    it (see :mod:`closedloop.children`).
+    """
 
     def __init__(self, config: WorkerConfig):
         ctx = mp.get_context("spawn")
@@ -354,7 +359,8 @@ class ModelWorker:
         ClosedLoopError
             The worker failed or exited first, or did not get ready in time.
         """
-        self.process.start()
+        with sigint_shielded():
+            self.process.start()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -369,6 +375,11 @@ class ModelWorker:
         if isinstance(message, Error):
             raise ClosedLoopError(f"model worker failed: {message.line}")
         return message
+
+    def check_alive(self) -> None:
+        """Raise ClosedLoopError (with its exit status) if the process has ended."""
+        if self.process.exitcode is not None:
+            raise ClosedLoopError(f"model worker exited with status {self.process.exitcode}")
 
     def send_response(self, pool_index: int, counts: np.ndarray, heldout: bool, completed_at: float) -> None:
         """Hand on a response (``completed_at``: now, s, LSL clock)."""
@@ -399,9 +410,17 @@ class ModelWorker:
             if isinstance(message, (Stopped, Error)):
                 break
         self.process.join(timeout=5.0)
+        self.terminate()
+        return out
+
+    def terminate(self) -> None:
+        """End the process now if it still runs (SIGTERM, then SIGKILL after 5 s)."""
         if self.process.is_alive():
             self.process.terminate()
-        return out
+            self.process.join(timeout=5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 class WorkerState:
@@ -568,17 +587,14 @@ def _true_rates(simulation: SimulationSpec, pool: np.ndarray, index: np.ndarray)
 
 
 def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
+    die_with_parent(mp.parent_process().pid)
+    ignore_sigint()  # the session stops this process
     try:
         threadpool_limits(config.model.threads)  # numpy's BLAS too: oversubscribed, it is many times slower
         state = WorkerState(config)
         state.begin(outbox.put)
         while True:
-            try:
-                batch = [inbox.get(timeout=1.0)]
-            except queue.Empty:
-                if mp.parent_process() is not None and not mp.parent_process().is_alive():
-                    break  # the session was killed: nothing is left to serve
-                continue
+            batch = [inbox.get()]
             while True:  # everything that arrived meanwhile is one batch
                 try:
                     batch.append(inbox.get_nowait())

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from closedloop.errors import ClosedLoopError
+from closedloop.model.files import check_finite, load_array, load_torch
 
 INPUT_PX = 112
 """Side of the models' input images, pixels."""
@@ -215,19 +216,12 @@ def load_published(path: str | Path) -> CompactModel:
     filters_path = _sibling_nums_filters(path)
     if not filters_path.is_file():
         raise ClosedLoopError(f"{filters_path}: nums_filters file not found (needed for {path.name})")
-    try:
-        nums_filters = np.load(filters_path, allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
-        raise ClosedLoopError(f"{filters_path}: unreadable nums_filters file ({_one_line(error)})") from None
-    nums_filters = np.ravel(nums_filters)
+    nums_filters = np.ravel(load_array(filters_path, "nums_filters file"))
     if (nums_filters.size != 5 or not np.issubdtype(nums_filters.dtype, np.integer)
             or np.any(nums_filters < 1)):
         raise ClosedLoopError(f"{filters_path}: expected five positive integer filter counts, "
                               f"got {nums_filters.tolist()}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise ClosedLoopError(f"{path}: unreadable or corrupt model file ({_one_line(error)})") from None
+    state = load_torch(path, "compact model file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ClosedLoopError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
 
@@ -279,8 +273,8 @@ def published_name(path: str | Path) -> str:
 
 def check_state(path: Path, module: nn.Module, state: dict, arch: str) -> None:
     """Raise a one-line ClosedLoopError naming ``path`` unless ``state`` fits ``module``: the
-    missing or unexpected keys, or the first weight whose shape differs (``arch`` describes the
-    architecture in the message)."""
+    missing or unexpected keys, the first weight whose shape differs (``arch`` describes the
+    architecture in the message) or that holds inf or NaN."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -295,15 +289,11 @@ def check_state(path: Path, module: nn.Module, state: dict, arch: str) -> None:
         if tuple(got.shape) != tuple(value.shape):
             raise ClosedLoopError(f"{path}: shape mismatch for {key}: the file has {tuple(got.shape)}, "
                                   f"the {arch} architecture needs {tuple(value.shape)}")
+    check_finite(path, state)
 
 
 def _natural_key(path: Path) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
-
-
-def _one_line(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _few(keys: list[str], shown: int = 3) -> str:

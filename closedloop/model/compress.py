@@ -85,8 +85,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from closedloop.errors import ClosedLoopError
-from closedloop.model.compact import INPUT_PX, READOUT_PX, CompactModel, _one_line
+from closedloop.errors import ClosedLoopError, one_line
+from closedloop.model.compact import INPUT_PX, READOUT_PX, CompactModel
 
 LAYERS = 5
 READOUT_SCALE = 10.0
@@ -357,7 +357,7 @@ def teacher_targets(teacher, images: np.ndarray, output: int, where: str, batch_
         raise
     except Exception as error:  # noqa: BLE001 - the user's model
         raise ClosedLoopError(f"{where}: the teacher fails on ({len(images)}, {images.shape[1]}, "
-                              f"{images.shape[2]}, 3) pixel images ({_one_line(error)})") from None
+                              f"{images.shape[2]}, 3) pixel images ({one_line(error)})") from None
     y = y.reshape(len(images), -1)
     if y.shape[1] <= output:
         raise ClosedLoopError(f"{where}: the teacher gave {y.shape[1]} outputs per image, "

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from closedloop.errors import ClosedLoopError
-from closedloop.model.compact import CompactModel, _one_line
+from closedloop.errors import ClosedLoopError, one_line
+from closedloop.model.compact import CompactModel
 from closedloop.model.ensemble import CompactEnsemble
 from closedloop.model.models import (ImageModel, OnnxModel, default_threads, pixel_module,
                                      resize_pixels)
@@ -110,7 +110,7 @@ def export_onnx(model: nn.Module | ImageModel, path: str | Path, input_px: int |
                               do_constant_folding=True, dynamo=False)
     except Exception as error:  # noqa: BLE001
         raise ClosedLoopError(f"{path}: ONNX export of {type(module).__name__} failed "
-                              f"({_one_line(error)})") from None
+                              f"({one_line(error)})") from None
     _set_metadata(path, {"closedloop.name": name or getattr(model, "name", None) or type(model).__name__,
                          "closedloop.input_px": str(input_px)})
     if check:

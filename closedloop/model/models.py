@@ -41,16 +41,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from closedloop.errors import ClosedLoopError
-from closedloop.model.compact import CompactModel, _one_line, check_state, load_published, published_name
+from closedloop.errors import ClosedLoopError, one_line
+from closedloop.model.compact import CompactModel, check_state, load_published, published_name
 from closedloop.model.ensemble import CompactEnsemble
+from closedloop.model.files import check_finite
+
+if TYPE_CHECKING:
+    import onnx
 
 FORMAT = "closedloop-model"
 """The ``format`` field of the header :func:`save_model` writes."""
@@ -129,6 +133,15 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
     return images
+
+
+def _rows(model: ImageModel, y: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """A model's output for a ``batch`` (its shape) as (images, ``model.outputs``); a one-line error
+    naming the model when it gives another number of outputs than it did when opened."""
+    if y.size != batch[0] * model.outputs:
+        raise ClosedLoopError(f"{model.path or model.name}: gives {y.size // max(batch[0], 1)} outputs per "
+                              f"{batch[1]}x{batch[2]} px image, not the {model.outputs} it gave when opened")
+    return y.reshape(batch[0], model.outputs)
 
 
 def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -242,8 +255,7 @@ class TorchImageModel(ImageModel):
                 x = x.to(torch.float32)
                 if self.input_px is not None:
                     x = resize_pixels(x, (self.input_px, self.input_px))
-                y = self.module(x)
-                out[start:start + len(x)] = y.reshape(len(x), -1).double().numpy()
+                out[start:start + len(x)] = _rows(self, self.module(x).double().numpy(), x.shape)
         return out
 
 
@@ -320,14 +332,33 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _exposing(path: Path, output: str) -> bytes:
-    """The ONNX model at ``path`` with the graph value ``output`` made a graph output (serialised)."""
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    """The ONNX model at ``path`` as a ``ModelProto``, its initializers checked to be finite.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the file when it is unreadable or an initializer holds inf or NaN.
+    """
     import onnx
+    from onnx import numpy_helper
 
     try:
         proto = onnx.load(str(path))
-    except Exception as error:  # noqa: BLE001
-        raise ClosedLoopError(f"{path}: unreadable or corrupt ONNX file ({_one_line(error)})") from None
+        for initializer in proto.graph.initializer:
+            check_finite(path, {initializer.name: numpy_helper.to_array(initializer)})
+    except ClosedLoopError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
+        raise ClosedLoopError(f"{path}: unreadable or corrupt ONNX file ({one_line(error)})") from None
+    return proto
+
+
+def _exposing(path: Path, proto: onnx.ModelProto, output: str) -> bytes:
+    """The ONNX model ``proto`` read from ``path`` with the graph value ``output`` made a graph
+    output (serialised)."""
+    import onnx
+
     graph = proto.graph
     values = [v for node in graph.node for v in node.output]
     if output not in values:
@@ -376,12 +407,13 @@ class OnnxModel(ImageModel):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         try:
-            source = str(path) if output is None else _exposing(path, output)
+            proto = _read_onnx(path)
+            source = str(path) if output is None else _exposing(path, proto, output)
             session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except ClosedLoopError:
             raise
         except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
-            raise ClosedLoopError(f"{path}: unreadable or corrupt ONNX file ({_one_line(error)})") from None
+            raise ClosedLoopError(f"{path}: unreadable or corrupt ONNX file ({one_line(error)})") from None
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ClosedLoopError(f"{path}: not an image model: expects {len(inputs)} inputs "
@@ -426,7 +458,7 @@ class OnnxModel(ImageModel):
             probe = self._run(np.zeros((1, side, side, 3), np.float32))
         except Exception as error:  # noqa: BLE001
             raise ClosedLoopError(f"{path}: not an image model: a ({1}, {side}, {side}, 3) batch "
-                                  f"fails ({_one_line(error)})") from None
+                                  f"fails ({one_line(error)})") from None
         self.output_shape = tuple(int(k) for k in probe.shape[1:]) or (1,)
         self.outputs = math.prod(self.output_shape)
 
@@ -452,7 +484,7 @@ class OnnxModel(ImageModel):
                 x = np.asarray(chunk, dtype=np.float32)
             if self._batch_fixed is not None and n < self._batch_fixed:
                 x = np.concatenate([x, np.zeros((self._batch_fixed - n, *x.shape[1:]), x.dtype)])
-            out[start:start + n] = self._run(x)[:n].reshape(n, -1)
+            out[start:start + n] = _rows(self, self._run(x)[:n], (n, *x.shape[1:]))
         return out
 
 
@@ -547,7 +579,7 @@ def save_model(module: nn.Module, path: str | Path, name: str | None = None,
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(header, path)
     except OSError as error:
-        raise ClosedLoopError(f"{path}: cannot write model file ({_one_line(error)})") from None
+        raise ClosedLoopError(f"{path}: cannot write model file ({one_line(error)})") from None
 
 
 def _load_own(path: Path, header: dict) -> ImageModel:
@@ -564,7 +596,7 @@ def _load_own(path: Path, header: dict) -> ImageModel:
         module = _KINDS[kind].build(args)
     except Exception as error:  # noqa: BLE001
         raise ClosedLoopError(f"{path}: cannot build a {kind} model from {args} "
-                              f"({_one_line(error)})") from None
+                              f"({one_line(error)})") from None
     _load_state_checked(path, module, state, f"{kind} {args}")
     name = str(header.get("name") or path.stem)
     model = as_image_model(module, name)
@@ -588,6 +620,8 @@ def _is_torchscript(path: Path) -> bool:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+    except UnicodeDecodeError as error:  # a zip whose member names were damaged
+        raise ClosedLoopError(f"{path}: unreadable or corrupt model file ({one_line(error)})") from None
     return any(n.split("/", 1)[-1].startswith("code/") for n in names) and any(
         n.endswith("constants.pkl") for n in names)
 
@@ -599,7 +633,8 @@ def _load_torchscript(path: Path) -> ImageModel:
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:  # noqa: BLE001
-        raise ClosedLoopError(f"{path}: unreadable TorchScript file ({_one_line(error)})") from None
+        raise ClosedLoopError(f"{path}: unreadable TorchScript file ({one_line(error)})") from None
+    check_finite(path, module.state_dict())
     meta: dict[str, Any] = {}
     if extra[TORCHSCRIPT_META]:
         try:
@@ -711,7 +746,7 @@ def load_model(path: str | Path) -> ImageModel:
     except Exception as error:  # noqa: BLE001
         if _looks_like_onnx(path):
             return OnnxModel(path)
-        raise ClosedLoopError(f"{path}: unreadable or corrupt model file ({_one_line(error)})") from None
+        raise ClosedLoopError(f"{path}: unreadable or corrupt model file ({one_line(error)})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _load_own(path, obj)
     if isinstance(obj, dict) and obj.get("format") == "closedloop-learner":  # the learner builds on this toolbox

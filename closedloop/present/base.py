@@ -14,7 +14,6 @@ Timing contract, shared by every implementation:
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,17 +111,3 @@ class Presenter(ABC):
 
     def close(self) -> None:
         """Release the display."""
-
-
-def open_presenter(display: DisplaySpec, layout: Layout, markers: MarkerOutlet) -> Presenter:
-    """The presenter the display asks for; ``auto`` means PsychoPy when a display exists."""
-    backend = display.backend
-    if backend == "auto":
-        backend = "psychopy" if os.environ.get("DISPLAY") else "headless"
-    if backend == "psychopy":
-        from closedloop.present.window import PsychoPyPresenter
-
-        return PsychoPyPresenter(display, layout, markers)
-    from closedloop.present.headless import HeadlessPresenter
-
-    return HeadlessPresenter(display, layout, markers)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from closedloop.config import DisplaySpec, StimulusSpec, TrialSpec
 from closedloop.errors import ClosedLoopError
 
+MIN_PATCH_PX = 8  # px: the smallest image patch shown; fewer pixels hold no shape a neuron could tell apart
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -98,16 +100,39 @@ class Layout:
 
         The patch centre is moved (by at most half a pixel) so the patch's
         edges fall on pixel boundaries and images are drawn 1:1, unresampled.
+        A patch smaller than ``MIN_PATCH_PX`` or off the screen is a
+        ``ClosedLoopError`` (:func:`patch_problem`).
         """
+        problem = patch_problem(display, stimulus)
+        if problem is not None:
+            raise ClosedLoopError(f"protocol [stimulus]: {problem}")
         geometry = Geometry.of(display)
-        side = geometry.patch_px(stimulus.size_deg, stimulus.position_deg)
-        centre = geometry.position_px(*stimulus.position_deg)
-        # Pixel edges lie at k - screen/2 from the centre, for whole k.
-        snapped = tuple(round(c - side / 2 + screen / 2) - screen / 2 + side / 2
-                        for c, screen in zip(centre, geometry.size_px))
-        if any(abs(c) + side / 2 > screen / 2 for c, screen in zip(snapped, geometry.size_px)):
-            raise ClosedLoopError(
-                f"protocol [stimulus]: a {stimulus.size_deg} degree patch at {tuple(stimulus.position_deg)} "
-                f"degrees ({side} px) does not fit the rig's {geometry.size_px[0]}x{geometry.size_px[1]} "
-                f"px screen at {geometry.distance_cm} cm")
+        side, snapped = _patch(geometry, stimulus)
         return cls(side, snapped, geometry.span_px(trial.fixation_deg), stimulus.background)
+
+
+def _patch(geometry: Geometry, stimulus: StimulusSpec) -> tuple[int, tuple[float, float]]:
+    """Side (px) and snapped centre (px right and up of the screen centre) of the image patch."""
+    side = geometry.patch_px(stimulus.size_deg, stimulus.position_deg)
+    centre = geometry.position_px(*stimulus.position_deg)
+    # Pixel edges lie at k - screen/2 from the centre, for whole k.
+    snapped = tuple(round(c - side / 2 + screen / 2) - screen / 2 + side / 2
+                    for c, screen in zip(centre, geometry.size_px))
+    return side, snapped
+
+
+def patch_problem(display: DisplaySpec, stimulus: StimulusSpec) -> str | None:
+    """Why the stimulus's image patch cannot be shown on the display (one line), or None.
+
+    The patch must be at least ``MIN_PATCH_PX`` pixels a side and lie wholly on the screen.
+    """
+    geometry = Geometry.of(display)
+    side, snapped = _patch(geometry, stimulus)
+    patch = f"a {stimulus.size_deg} degree patch at {tuple(stimulus.position_deg)} degrees ({side} px)"
+    screen = (f"the rig's {geometry.size_px[0]}x{geometry.size_px[1]} px screen ({geometry.size_cm[0]}x"
+              f"{geometry.size_cm[1]} cm) at {geometry.distance_cm} cm")
+    if side < MIN_PATCH_PX:
+        return f"{patch} is smaller than {MIN_PATCH_PX} px on {screen}"
+    if any(abs(c) + side / 2 > px / 2 for c, px in zip(snapped, geometry.size_px)):
+        return f"{patch} does not fit {screen}"
+    return None

@@ -29,8 +29,7 @@ Where things go in the file (times in seconds after the reference ``t0``, see be
 ``protocol``                                    ``protocol.json``, verbatim text
 ``notes``                                       ``rig.json``, verbatim text
 ``data_collection``                             JSON: ``lsl_t0`` (s), unlisted spike counts,
-                                                responses without a marker, ``summary.json``
-                                                (null for a run cut short)
+                                                ``summary.json`` (null for a run cut short)
 ``identifier``, ``session_id``                  the session directory's name
 ``session_start_time``                          ``protocol.json``'s modification time, UTC (the
                                                 session writes it first; the directory name's
@@ -48,7 +47,6 @@ session, units and presentations descriptions. LSL time = NWB time + ``t0``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import uuid
 from datetime import datetime, timezone
@@ -57,10 +55,11 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ClosedLoopError
+from closedloop.record.checks import recorded_units
 from closedloop.record.session import SessionRecord, read_session
 
 #: Bump when the layout above changes; stored in ``data_collection``.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: no ``responses_without_marker`` (a session with one is refused)
 
 
 def export_nwb(session: Path | str, nwb_path: Path | str, overwrite: bool = False) -> Path:
@@ -86,7 +85,8 @@ def export_nwb(session: Path | str, nwb_path: Path | str, overwrite: bool = Fals
     ------
     ClosedLoopError
         One line naming the path: not a session directory, a missing, corrupt or
-        inconsistent session file, an existing ``nwb_path`` without
+        inconsistent session file (see :func:`closedloop.record.read_session`), a
+        rig without ``recorded_units``, an existing ``nwb_path`` without
         ``overwrite``, or a file that cannot be written.
 
     Notes
@@ -101,71 +101,12 @@ def export_nwb(session: Path | str, nwb_path: Path | str, overwrite: bool = Fals
         raise ClosedLoopError(f"NWB file {nwb_path}: already exists (not overwritten)")
     if not nwb_path.parent.is_dir():
         raise ClosedLoopError(f"NWB file {nwb_path}: directory {nwb_path.parent} does not exist")
-    nwbfile = _build(_read(session))
+    nwbfile = _build(read_session(session))
     _write(nwbfile, nwb_path)
     return nwb_path
 
 
-# ------------------------------------------------------------------ reading --
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _read(session: Path) -> SessionRecord:
-    try:
-        return read_session(session)
-    except ClosedLoopError as exc:
-        raise ClosedLoopError(_one_line(exc)) from None
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ClosedLoopError(f"session {session}: unreadable ({_one_line(exc)})") from None
-
-
-class _Corrupt(Exception):
-    """A session file whose content is inconsistent; becomes a ClosedLoopError."""
-
-
-def _time(record: dict, key: str) -> float:
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Corrupt(f"{key} is {value!r}, not a finite time")
-    return float(value)
-
-
-def _int(record: dict, key: str) -> int:
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Corrupt(f"{key} is {value!r}, not an integer")
-    return value
-
-
-def _units(rig: dict) -> list[tuple[str, int, int]]:
-    """(name, channel, unit) of each recorded unit, in ``recorded_units`` order."""
-    if not isinstance(rig, dict) or not isinstance(rig.get("recorded_units"), list):
-        raise _Corrupt("rig.json has no recorded_units list")
-    units, seen = [], set()
-    for i, u in enumerate(rig["recorded_units"]):
-        try:
-            name, channel, unit = str(u["name"]), _int(u, "channel"), _int(u, "unit")
-        except (KeyError, TypeError, _Corrupt) as exc:
-            raise _Corrupt(f"rig.json recorded_units[{i}]: {_one_line(exc)}") from None
-        if (channel, unit) in seen:
-            raise _Corrupt(f"rig.json recorded_units[{i}]: channel {channel} unit {unit} listed twice")
-        seen.add((channel, unit))
-        units.append((name, channel, unit))
-    return units
-
-
-def _checked(name: str, records: list[dict], check) -> list:
-    out = []
-    for line, record in enumerate(records, 1):
-        try:
-            out.append(check(record))
-        except (KeyError, TypeError, ValueError, _Corrupt) as exc:
-            what = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else _one_line(exc)
-            raise _Corrupt(f"{name} line {line}: {what}") from None
-    return out
-
-
+# ----------------------------------------------------------------- building --
 def _spikes_by_unit(spikes: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     """Sorted spike times (s, LSL clock) of each (channel, unit) pair in ``spikes``."""
     if not len(spikes):
@@ -190,16 +131,8 @@ def _columns(specs: list[tuple[str, str, np.ndarray, list[int] | None]]) -> list
     return columns
 
 
-# ----------------------------------------------------------------- building --
 def _build(record: SessionRecord):
     """The NWBFile for a session record (pynwb objects, not yet written)."""
-    try:
-        return _build_checked(record)
-    except _Corrupt as exc:
-        raise ClosedLoopError(f"session {record.path}: {exc}") from None
-
-
-def _build_checked(record: SessionRecord):
     from hdmf.backends.hdf5 import H5DataIO
     from pynwb import NWBFile
     from pynwb.base import ImageReferences
@@ -208,60 +141,13 @@ def _build_checked(record: SessionRecord):
     from pynwb.misc import Units
 
     pool, path = record.pool, record.path
-    units = _units(record.rig)
+    units = [(u["name"], u["channel"], u["unit"]) for u in recorded_units(record)]
     n_units = len(units)
-
-    def marker(m: dict) -> dict:
-        sid = m["stimulus"]
-        try:
-            expected = pool.index(sid)
-        except (KeyError, TypeError):
-            raise _Corrupt(f"stimulus {sid!r} is not in stimuli.npz") from None
-        pool_index = _int(m, "pool_index")
-        if pool_index != expected:
-            raise _Corrupt(f"pool_index {pool_index} is not stimulus {sid!r}")
-        onset, offset = _time(m, "onset"), _time(m, "offset")
-        if offset < onset:
-            raise _Corrupt(f"offset {offset!r} before onset {onset!r}")
-        intervals = [float(x) for x in m.get("frame_intervals", [])]
-        return {"index": _int(m, "index"), "stimulus": sid, "pool_index": pool_index,
-                "role": str(m["role"]), "onset": onset, "offset": offset,
-                "dropped_frames": _int(m, "dropped_frames") if "dropped_frames" in m else -1,
-                "frame_intervals": intervals, "trial": _int(m, "trial") if "trial" in m else -1,
-                "aborted": bool(m.get("aborted", False))}
-
-    def response(r: dict) -> dict:
-        counts = r["counts"]
-        if not isinstance(counts, list) or len(counts) != n_units:
-            raise _Corrupt(f"counts {counts!r} do not match the {n_units} recorded units")
-        return {"index": _int(r, "index"), "onset": _time(r, "onset"),
-                "counts": [float(c) for c in counts], "gap": bool(r.get("gap", False))}
-
-    def gap(e: dict) -> tuple[float, float] | None:
-        if not (isinstance(e, dict) and e.get("kind") == "spike_gap"):
-            return None
-        return _time(e, "start"), _time(e, "end")
-
-    markers = _checked("markers.jsonl", record.markers, marker)
-    responses = _checked("responses.jsonl", record.responses, response)
-    gaps = [g for g in _checked("events.jsonl", record.events, gap) if g is not None]
-    by_index: dict[int, dict] = {}
-    for m in markers:
-        if m["index"] in by_index:
-            raise _Corrupt(f"markers.jsonl: presentation {m['index']} recorded twice")
-        by_index[m["index"]] = m
-    answered: dict[int, dict] = {}
-    orphans = []  # responses whose marker line a kill cut short
-    for r in responses:
-        if r["index"] in answered:
-            raise _Corrupt(f"responses.jsonl: presentation {r['index']} recorded twice")
-        answered[r["index"]] = r
-        if r["index"] not in by_index:
-            orphans.append({"index": r["index"], "onset": r["onset"], "counts": r["counts"]})
+    markers, responses = record.markers, record.responses
+    answered = {r["index"]: r for r in responses}
+    gaps = [(e["start"], e["end"]) for e in record.events if e["kind"] == "spike_gap"]
 
     spikes = record.spikes
-    if not np.all(np.isfinite(spikes["time"])):
-        raise _Corrupt("spikes.bin holds a non-finite spike time")
     times = [spikes["time"], [m["onset"] for m in markers], [r["onset"] for r in responses],
              [g[0] for g in gaps]]
     ends = [spikes["time"], [m["offset"] for m in markers], [r["onset"] for r in responses],
@@ -273,8 +159,7 @@ def _build_checked(record: SessionRecord):
     protocol_text = (path / "protocol.json").read_text()
     rig_text = (path / "rig.json").read_text()
     started = datetime.fromtimestamp((path / "protocol.json").stat().st_mtime, tz=timezone.utc)
-    meta = record.protocol.get("protocol") if isinstance(record.protocol, dict) else None
-    protocol_name = meta.get("name") if isinstance(meta, dict) else None
+    protocol_name = record.protocol.get("protocol", {}).get("name")
     clock = f"times are s after t0 = {t0!r} s on the stimulus PC's LSL clock (LSL time = time + t0)"
 
     by_unit = _spikes_by_unit(spikes)
@@ -288,7 +173,6 @@ def _build_checked(record: SessionRecord):
         "session_start_time_source": "modification time of protocol.json",
         "complete": record.summary is not None,
         "unlisted_spikes": [{"channel": c, "unit": u, "spikes": n} for c, u, n in unlisted],
-        "responses_without_marker": orphans,
         "summary": record.summary,
     }
     nwbfile = NWBFile(
@@ -351,18 +235,18 @@ def _build_checked(record: SessionRecord):
             ("params", "stimulus parameters, JSON text",
              np.array([json.dumps(pool.params[m["pool_index"]]) for m in markers], str), None),
             ("trial", "fixation trial the presentation belongs to (-1: not recorded)",
-             np.array([m["trial"] for m in markers], np.int64), None),
+             np.array([m.get("trial", -1) for m in markers], np.int64), None),
             ("aborted", "a fixation break took the image off before its last frame",
-             np.array([m["aborted"] for m in markers], bool), None),
+             np.array([m.get("aborted", False) for m in markers], bool), None),
             ("dropped_frames", "frames shown late (-1: not recorded)",
-             np.array([m["dropped_frames"] for m in markers], np.int64), None),
+             np.array([m.get("dropped_frames", -1) for m in markers], np.int64), None),
             ("frame_intervals", "s between this presentation's display flips",
-             np.array([x for m in markers for x in m["frame_intervals"]], np.float64),
-             [len(m["frame_intervals"]) for m in markers]),
+             np.array([x for m in markers for x in m.get("frame_intervals", [])], np.float64),
+             [len(m.get("frame_intervals", [])) for m in markers]),
             ("responded", "a response (spike counts) was recorded; False: counts are NaN",
              np.array([r is not None for r in got], bool), None),
             ("gap", "the response window overlapped a spike-stream gap: counts are incomplete",
-             np.array([r is not None and r["gap"] for r in got], bool), None),
+             np.array([r is not None and r.get("gap", False) for r in got], bool), None),
             ("counts", "spikes per recorded unit in the response window, column k = units row k; "
                        "NaN where no response was recorded (never a zero)", counts, None),
         ])))
@@ -396,6 +280,6 @@ def _write(nwbfile, nwb_path: Path) -> None:
             io.write(nwbfile)
         os.replace(temporary, nwb_path)
     except OSError as exc:
-        raise ClosedLoopError(f"NWB file {nwb_path}: cannot write ({_one_line(exc)})") from None
+        raise ClosedLoopError(f"NWB file {nwb_path}: cannot write ({exc.strerror or exc})") from None
     finally:
         temporary.unlink(missing_ok=True)

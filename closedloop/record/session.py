@@ -22,27 +22,43 @@ flushed as it happens, so a killed run keeps everything completed):
 ``events.jsonl``   trials (fixation breaks, rewards, no fixation), deadline
                    misses, stream gaps, warnings and errors
 ``summary.json``   written at the end: counts, deadline misses, accuracy
+``session.json``   written at creation: a session id and the SHA-256 of
+                   ``protocol.json``, ``rig.json`` and ``stimuli.npz`` (see
+                   :mod:`closedloop.record.manifest`)
 =================  ==========================================================
+
+Every record's keys and types are declared once, in :mod:`closedloop.record.schema`: the
+writer refuses a record that does not fit it, and :func:`read_session` refuses a file
+holding one, naming the file, line and field. Whole files (``protocol.json``, ``rig.json``,
+``stimuli.npz``, ``session.json``, ``summary.json``) are written atomically.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from closedloop.errors import ClosedLoopError
+from closedloop.record.atomic import replacing, write_atomic
+from closedloop.record.checks import check_consistent
+from closedloop.record.manifest import MANIFEST, write_manifest
+from closedloop.record.schema import (BINARY, FRAME_DTYPE, JSON_FILES, LOGS, SPIKE_DTYPE, SessionRecord,
+                                     binary_problem, problem)
 from closedloop.stimuli import StimulusPool, read_added
 
-SPIKE_DTYPE = np.dtype([("time", "<f8"), ("channel", "<i4"), ("unit", "<i4")])
-FRAME_DTYPE = np.dtype("<f8")
-LOGS = ("markers", "responses", "selections", "accuracy", "events")
+log = logging.getLogger(__name__)
+
 ADDED = "synthesized"  # folder of the stimuli strategies add during the session
-BINARY = {"spikes": SPIKE_DTYPE, "frames": FRAME_DTYPE}  # name.bin: fixed-size records
+T = TypeVar("T")
+REQUIRED = ("protocol.json", "rig.json", "stimuli.npz", *(f"{name}.jsonl" for name in LOGS), "spikes.bin")
 
 
 class SessionWriter:
@@ -50,14 +66,41 @@ class SessionWriter:
 
     Callers never wait on the disk: :meth:`log`, :meth:`spikes` and
     :meth:`frames` only enqueue. Each record is written and flushed as soon as the thread gets it.
+
+    Parameters
+    ----------
+    path : Path or str
+        The session directory to create (its parents are created too).
+    protocol, rig : dict
+        The resolved protocol and rig, as JSON objects; ``rig["recorded_units"]`` lists the
+        units in the order of every response's counts.
+    pool : StimulusPool
+        The candidate pool.
+
+    Raises
+    ------
+    ClosedLoopError
+        ``path`` exists (a folder or a file) or cannot be created.
     """
 
     def __init__(self, path: Path | str, protocol: dict, rig: dict, pool: StimulusPool):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=False)
-        (self.path / "protocol.json").write_text(json.dumps(protocol, indent=2))
-        (self.path / "rig.json").write_text(json.dumps(rig, indent=2))
-        pool.save(self.path / "stimuli.npz")
+        try:
+            self.path.mkdir(parents=True)
+        except FileExistsError:
+            what = "a folder" if self.path.is_dir() else "a file"
+            raise ClosedLoopError(f"session {self.path}: already exists ({what}); a new session needs a new "
+                                  "path") from None
+        except OSError as exc:
+            blocking = next((p for p in self.path.parents if p.is_file()), None)
+            why = f"{blocking} is a file" if blocking is not None else exc.strerror or exc
+            raise ClosedLoopError(f"session {self.path}: cannot create ({why})") from None
+        for name, content in (("protocol.json", protocol), ("rig.json", rig)):
+            _check(name, JSON_FILES[name], content)
+            write_atomic(self.path / name, json.dumps(content, indent=2))
+        with replacing(self.path / "stimuli.npz") as temporary:
+            pool.save(temporary)
+        write_manifest(self.path)
         self._open()
 
     @classmethod
@@ -71,9 +114,9 @@ class SessionWriter:
         self = cls.__new__(cls)
         self.path = Path(path)
         for name in LOGS:
-            log = self.path / f"{name}.jsonl"
-            text = log.read_bytes()
-            log.write_bytes(text[:text.rfind(b"\n") + 1])
+            log_file = self.path / f"{name}.jsonl"
+            text = log_file.read_bytes()
+            log_file.write_bytes(text[:text.rfind(b"\n") + 1])
         for name, dtype in BINARY.items():
             binary = self.path / f"{name}.bin"
             binary.touch()  # sessions from before frames were recorded
@@ -92,10 +135,19 @@ class SessionWriter:
         self._thread.start()
 
     def log(self, name: str, record: dict) -> None:
-        """Append ``record`` to ``<name>.jsonl``."""
-        if name not in self._files:
+        """Append ``record`` to ``<name>.jsonl``.
+
+        Raises
+        ------
+        ValueError
+            An unknown log, or a record that does not fit its schema
+            (:mod:`closedloop.record.schema`): a bug in the caller, never written.
+        """
+        if name not in LOGS:
             raise ValueError(f"unknown log {name!r}")
-        self._queue.put((name, record))
+        line = json.dumps(record)
+        _check(f"{name}.jsonl", LOGS[name], json.loads(line))  # as a reader will see it
+        self._queue.put((name, line))
 
     def spikes(self, times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> None:
         """Append spikes to ``spikes.bin``."""
@@ -114,13 +166,14 @@ class SessionWriter:
         written.wait()
 
     def close(self, summary: dict | None = None) -> None:
-        """Write everything still queued, then ``summary.json`` if given."""
+        """Write everything still queued, then ``summary.json`` (atomically) if given."""
         self._queue.put(None)
         self._thread.join()
         for f in (*self._files.values(), *self._binary.values()):
             f.close()
         if summary is not None:
-            (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            _check("summary.json", JSON_FILES["summary.json"], summary)
+            write_atomic(self.path / "summary.json", json.dumps(summary, indent=2))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -131,62 +184,114 @@ class SessionWriter:
                 self._binary[name].write(record.tobytes())
                 self._binary[name].flush()
             else:
-                self._files[name].write(json.dumps(record) + "\n")
+                self._files[name].write(record + "\n")
                 self._files[name].flush()
 
 
-@dataclass
-class SessionRecord:
-    """Everything a session directory holds, read back."""
-
-    path: Path
-    protocol: dict
-    rig: dict
-    pool: StimulusPool
-    markers: list[dict]
-    responses: list[dict]
-    selections: list[dict]
-    accuracy: list[dict]
-    events: list[dict]
-    spikes: np.ndarray  # SPIKE_DTYPE records
-    frames: np.ndarray  # every flip, s (float64)
-    summary: dict | None  # None when the run was killed before it ended
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only: a line cut short by a killed run is ignored."""
-    text = path.read_text()
-    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
-    try:
-        return [json.loads(line) for line in lines if line]
-    except json.JSONDecodeError as exc:
-        raise ClosedLoopError(f"session file {path}: corrupt at line {exc.lineno}") from None
-
-
-def _read_binary(path: Path, dtype: np.dtype) -> np.ndarray:
-    """Whole records only (a record cut short by a killed run is ignored); empty when absent."""
-    raw = path.read_bytes() if path.exists() else b""
-    return np.frombuffer(raw[:len(raw) - len(raw) % dtype.itemsize], dtype)
+def _check(name: str, model: type, record: object) -> None:
+    """Refuse (ValueError) a record the writer was handed that does not fit its schema."""
+    why = problem(model, record)
+    if why is not None:
+        raise ValueError(f"{name} record: {why}")
 
 
 def read_session(path: Path | str) -> SessionRecord:
-    """Read a session directory, complete or cut short by a killed run."""
+    """Read a session directory, complete or cut short by a killed run, and check it.
+
+    A record a kill cut short (the last line of a log without its newline, a final partial
+    binary record) is dropped with a logged warning; any other damage is refused.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the file, line and field: a missing file, bytes that are not UTF-8,
+        a line that is not a JSON object, a record that does not fit its schema
+        (:mod:`closedloop.record.schema`), an unreadable pool, or records that contradict
+        each other (:func:`closedloop.record.checks.check_consistent`).
+    """
     path = Path(path)
     if not path.is_dir():
         raise ClosedLoopError(f"session {path}: not a directory")
-    for required in ("protocol.json", "rig.json", "stimuli.npz", *(f"{n}.jsonl" for n in LOGS), "spikes.bin"):
+    for required in REQUIRED:
         if not (path / required).exists():
             raise ClosedLoopError(f"session {path}: missing {required}")
-    summary_path = path / "summary.json"
-    pool = StimulusPool.load(path / "stimuli.npz")
-    read_added(path / ADDED, pool)
-    return SessionRecord(
+    files = {name: _read_json(path / name, model) for name, model in JSON_FILES.items()}
+    record = SessionRecord(
         path=path,
-        protocol=json.loads((path / "protocol.json").read_text()),
-        rig=json.loads((path / "rig.json").read_text()),
-        pool=pool,
-        **{name: _read_jsonl(path / f"{name}.jsonl") for name in LOGS},
+        protocol=files["protocol.json"],
+        rig=files["rig.json"],
+        pool=_read_pool(path),
+        **{name: _read_jsonl(path / f"{name}.jsonl", model) for name, model in LOGS.items()},
         spikes=_read_binary(path / "spikes.bin", SPIKE_DTYPE),
         frames=_read_binary(path / "frames.bin", FRAME_DTYPE),
-        summary=json.loads(summary_path.read_text()) if summary_path.exists() else None,
+        summary=files["summary.json"],
+        manifest=files[MANIFEST],
     )
+    check_consistent(record)
+    return record
+
+
+def _bytes(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise ClosedLoopError(f"session file {file}: unreadable ({exc.strerror or exc})") from None
+
+
+def _parse(text: bytes, model: type, where: str) -> dict:
+    """One JSON object fitting ``model``; ``where`` (file and line) starts the error."""
+    try:
+        record = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ClosedLoopError(f"{where}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                              f"offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ClosedLoopError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+    why = problem(model, record)
+    if why is not None:
+        raise ClosedLoopError(f"{where}: {why}")
+    return record
+
+
+def _read_json(file: Path, model: type) -> dict | None:
+    """A whole-file JSON object; None when the (optional) file is absent."""
+    return _parse(_bytes(file), model, f"session file {file}") if file.exists() else None
+
+
+def _read_jsonl(file: Path, model: type) -> list[dict]:
+    """Every complete line; the part after the last newline (a line a kill cut) is dropped."""
+    raw = _bytes(file)
+    lines = raw.split(b"\n")
+    if lines[-1]:
+        log.warning("session file %s line %d: cut short by a killed run (%d bytes without a newline); dropped",
+                    file, len(lines), len(lines[-1]))
+    return [_parse(line, model, f"session file {file} line {n}") for n, line in enumerate(lines[:-1], 1)]
+
+
+def _read_binary(file: Path, dtype: np.dtype) -> np.ndarray:
+    """Whole records (a final partial one, cut by a kill, is dropped); empty when absent."""
+    raw = _bytes(file) if file.exists() else b""
+    extra = len(raw) % dtype.itemsize
+    if extra:
+        log.warning("session file %s: last record cut short by a killed run (%d of %d bytes); dropped",
+                    file, extra, dtype.itemsize)
+    records = np.frombuffer(raw[:len(raw) - extra], dtype)
+    why = binary_problem(records)
+    if why is not None:
+        raise ClosedLoopError(f"session file {file} {why}")
+    return records
+
+
+def _read_pool(path: Path) -> StimulusPool:
+    """``stimuli.npz`` and the stimuli added in ``synthesized/``."""
+    pool = _unpack(path / "stimuli.npz", lambda: StimulusPool.load(path / "stimuli.npz"))
+    _unpack(path / ADDED, lambda: read_added(path / ADDED, pool))
+    return pool
+
+
+def _unpack(file: Path, read: Callable[[], T]) -> T:
+    """``read()``, its failure one line naming ``file``."""
+    try:
+        return read()
+    except (ClosedLoopError, ValueError, zlib.error) as exc:  # ValueError: added images of another shape
+        raise ClosedLoopError(f"session file {file}: unreadable ({' '.join(str(exc).split())})") from None

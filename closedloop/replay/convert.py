@@ -35,7 +35,8 @@ import numpy as np
 
 from closedloop.config import Protocol, UnitSpec, to_jsonable
 from closedloop.errors import ClosedLoopError
-from closedloop.loop import split_pool
+from closedloop.stimuli.candidates import split_pool
+from closedloop.model.files import load_array
 from closedloop.record import SessionWriter
 from closedloop.stimuli import NATURAL, StimulusPool
 from closedloop.stimuli.natural import load_images
@@ -53,11 +54,8 @@ def read_v4(data: Path | str, session: str, images: int | None = None) -> tuple[
     raw_path, zip_path = folder / f"responses_raw_{session}.npy", folder / f"images_{session}.zip"
     if not raw_path.is_file():
         raise ClosedLoopError(f"{raw_path}: not found (single-trial counts exist for session 210325 only)")
-    try:
-        raw = np.load(raw_path)
-    except (OSError, ValueError) as exc:
-        raise ClosedLoopError(f"{raw_path}: unreadable ({exc})") from None
-    if raw.ndim != 3:
+    raw = load_array(raw_path, "single-trial counts file")
+    if raw.ndim != 3 or 0 in raw.shape:
         raise ClosedLoopError(f"{raw_path}: expected (neurons, images, repeats), found shape {raw.shape}")
     count = raw.shape[1] if images is None else min(images, raw.shape[1])
     loaded = list(load_images(zip_path, IMAGE_PX))
@@ -67,7 +65,8 @@ def read_v4(data: Path | str, session: str, images: int | None = None) -> tuple[
     if not (shown == shown[:1]).all():
         raise ClosedLoopError(f"{raw_path}: neurons differ in which repeats were shown")
     counts = raw[:, :count]
-    if np.any(counts[shown] < 0) or not np.array_equal(counts[shown], np.round(counts[shown])):
+    values = counts[shown]
+    if not np.isfinite(values).all() or np.any(values < 0) or not np.array_equal(values, np.round(values)):
         raise ClosedLoopError(f"{raw_path}: counts must be whole numbers >= 0")
     pool = StimulusPool(np.stack([image for _, image in loaded[:count]]), [NATURAL] * count,
                         [{"source": zip_path.name, "file": name} for name, _ in loaded[:count]])

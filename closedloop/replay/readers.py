@@ -18,7 +18,9 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError, fromstring
@@ -27,18 +29,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from closedloop.config import UnitSpec
-from closedloop.errors import ClosedLoopError
+from closedloop.errors import ClosedLoopError, one_line
 from closedloop.record.session import SPIKE_DTYPE
 from closedloop.replay.recording import Recording
 
 OFFSET_LABELS = frozenset({"offset", "off", "blank", ""})
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, for a one-line error."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _spikes(times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> np.ndarray:
@@ -48,8 +43,9 @@ def _spikes(times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> np.nd
 
 
 # ------------------------------------------------------------ markers and logs --
-def _marker(label: str) -> dict | None:
-    """A closedloop JSON marker, or None when ``label`` is not one."""
+def _marker(label: str, where: str, event: int) -> dict | None:
+    """A closedloop JSON marker, or None when ``label`` is not one; a one-line error naming
+    ``where`` and the event number when it is one with an index or stimulus of the wrong type."""
     if not label.startswith("{"):
         return None
     try:
@@ -60,10 +56,23 @@ def _marker(label: str) -> dict | None:
         return None
     if marker["event"] == "onset" and "stimulus" not in marker:
         return None
-    return marker
+    index, stimulus = marker["index"], marker.get("stimulus", "")
+    if isinstance(index, float) and index.is_integer():
+        index = int(index)
+    if not isinstance(index, int) or isinstance(index, bool) or not isinstance(stimulus, (str, int)):
+        raise ClosedLoopError(f"{where}: event {event}: a closedloop {marker['event']} marker needs a whole-number "
+                              f"index and a stimulus id, got index {_short(marker['index'])} and stimulus "
+                              f"{_short(stimulus)}")
+    return {**marker, "index": index}
 
 
-def presentations_from_markers(times: Sequence[float], labels: Sequence[str]) -> tuple[list[dict], list[str]]:
+def _short(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or np.isfinite(value) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def presentations_from_markers(times: Sequence[float], labels: Sequence[str],
+                               where: str = "markers") -> tuple[list[dict], list[str]]:
     """Presentations from stimulus events.
 
     Parameters
@@ -74,6 +83,8 @@ def presentations_from_markers(times: Sequence[float], labels: Sequence[str]) ->
         One per event: closedloop JSON markers (onset and offset events paired
         by presentation index; other labels are ignored), or else plain
         stimulus ids, each presentation ending at the next event.
+    where : str
+        The file and stream or event channel, named in errors.
 
     Returns
     -------
@@ -82,20 +93,26 @@ def presentations_from_markers(times: Sequence[float], labels: Sequence[str]) ->
         ends it), ordered by onset.
     notes : list of str
         What could not be paired or was ignored.
+
+    Raises
+    ------
+    ClosedLoopError
+        A closedloop marker whose index is not a whole number or whose
+        stimulus is not an id (naming ``where`` and the event, from 0).
     """
     order = np.argsort(np.asarray(times, float), kind="stable")
     times = [float(times[i]) for i in order]
     labels = [str(labels[i]) for i in order]
-    markers = [_marker(label) for label in labels]
+    markers = [_marker(label, where, int(k)) for k, label in zip(order, labels)]
     notes: list[str] = []
     if any(m is not None for m in markers):
         onsets: dict[int, tuple[float, str]] = {}
         offsets: dict[int, float] = {}
         for t, m in zip(times, markers):
             if m is not None and m["event"] == "onset":
-                onsets[int(m["index"])] = (t, str(m["stimulus"]))
+                onsets[m["index"]] = (t, str(m["stimulus"]))
             elif m is not None:
-                offsets[int(m["index"])] = t
+                offsets[m["index"]] = t
         presentations = [{"index": i, "stimulus": s, "onset": t, "offset": offsets.get(i)}
                          for i, (t, s) in onsets.items()]
         if ignored := sum(m is None for m in markers):
@@ -155,7 +172,9 @@ def read_stimulus_log(path: Path | str) -> list[dict]:
             raise ClosedLoopError(f"stimulus log {path}: unknown format {suffix!r}; "
                                   "use .jsonl (like markers.jsonl) or .csv (index, stimulus, onset, offset)")
     except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
-        raise ClosedLoopError(f"stimulus log {path}: not valid {suffix[1:]} ({_one_line(exc)})") from None
+        raise ClosedLoopError(f"stimulus log {path}: not valid {suffix[1:]} ({one_line(exc)})") from None
+    if not rows:
+        raise ClosedLoopError(f"stimulus log {path}: no presentations in it (an empty file)")
     presentations = []
     for n, row in enumerate(rows, 1):
         try:
@@ -165,7 +184,7 @@ def read_stimulus_log(path: Path | str) -> list[dict]:
                                   "offset": None if offset is None else float(offset)})
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ClosedLoopError(f"stimulus log {path}: entry {n} needs stimulus and onset (s), "
-                                  f"numeric index and offset ({type(exc).__name__}: {_one_line(exc)})") from None
+                                  f"numeric index and offset ({type(exc).__name__}: {one_line(exc)})") from None
     return presentations
 
 
@@ -250,11 +269,64 @@ def read_recording(path: Path | str, **options) -> Recording:
 
 
 # ----------------------------------------------------------------------- XDF --
+XDF_VALUE_BYTES = {"int8": 1, "int16": 2, "int32": 4, "int64": 8, "float32": 4, "double64": 8, "string": 2}
+"""Fewest bytes one channel's value takes in a Samples chunk (a string: its length's width and length)."""
+
+READ_PIECE = 1 << 24  # bytes: chunks are read in pieces, so a corrupt length allocates no more than the file holds
+
+
+def _read_up_to(f, length: int) -> bytes:
+    """``length`` bytes of ``f``, or as many as are left (fewer: the file ends first)."""
+    pieces = []
+    while length > 0 and (piece := f.read(min(length, READ_PIECE))):
+        pieces.append(piece)
+        length -= len(piece)
+    return b"".join(pieces)
+
+
+def _varlen(data: bytes, at: int) -> tuple[int, int] | None:
+    """An XDF variable-length integer at ``data[at]``: (value, bytes taken), None when malformed."""
+    width = data[at] if at < len(data) else 0
+    if width not in (1, 4, 8) or at + 1 + width > len(data):
+        return None
+    return int.from_bytes(data[at + 1:at + 1 + width], "little"), 1 + width
+
+
+def _stream_header(body: bytes) -> dict:
+    """The fields of a StreamHeader chunk's XML that the reader uses (``ValueError`` when malformed)."""
+    info = fromstring(body.decode("utf-8", "replace"))
+    header = {key: (info.findtext(key) or "").strip()
+              for key in ("name", "type", "channel_count", "channel_format", "nominal_srate")}
+    if header["channel_format"] not in XDF_VALUE_BYTES:
+        raise ValueError(f"stream {header['name']!r}: unknown channel_format {header['channel_format']!r}")
+    if not header["channel_count"].isdigit() or int(header["channel_count"]) < 1:
+        raise ValueError(f"stream {header['name']!r}: channel_count {header['channel_count']!r} "
+                         "is not a positive whole number")
+    float(header["nominal_srate"] or 0)
+    return {**header, "element": info}
+
+
+def _check_samples(path: Path, header: dict, content: bytes) -> None:
+    """Refuse a Samples chunk that claims more samples than its bytes can hold (pyxdf would
+    allocate room for all of them first)."""
+    count = _varlen(content, 0)
+    name = header["name"]
+    if count is None:
+        raise ClosedLoopError(f"{path}: stream {name!r}: corrupt XDF Samples chunk (bad sample count field)")
+    least = count[0] * (1 + int(header["channel_count"]) * XDF_VALUE_BYTES[header["channel_format"]])
+    if least > len(content) - count[1]:
+        raise ClosedLoopError(f"{path}: stream {name!r}: corrupt or truncated XDF Samples chunk ({count[0]} "
+                              f"samples of {header['channel_count']} channels need at least {least} bytes, "
+                              f"the chunk holds {len(content) - count[1]})")
+
+
 def _xdf_headers(path: Path) -> tuple[dict[int, dict], set[int]]:
     """Stream headers by stream id and the ids that have a footer.
 
-    Walks every chunk's framing to the end of the file, so a truncated or
-    corrupt file is refused here rather than half-read by pyxdf.
+    Walks every chunk's framing to the end of the file, reading no more than
+    the file holds, and checks each Samples chunk's count against its size,
+    so a truncated or corrupt file is refused here rather than half-read by
+    pyxdf (or read after allocating what a corrupt length claims).
     """
     opener = gzip.open if path.suffix.lower() == ".xdfz" else open
     headers: dict[int, dict] = {}
@@ -264,30 +336,48 @@ def _xdf_headers(path: Path) -> tuple[dict[int, dict], set[int]]:
             if f.read(4) != b"XDF:":
                 raise ClosedLoopError(f"{path}: not an XDF file (no 'XDF:' magic at its start)")
             while head := f.read(1):
-                width = head[0]
-                raw = f.read(width) if width in (1, 4, 8) else b""
-                if len(raw) != width or width not in (1, 4, 8):
+                field = _varlen(head + f.read(head[0] if head[0] in (1, 4, 8) else 0), 0)
+                if field is None:
                     raise ClosedLoopError(f"{path}: truncated or corrupt XDF (bad chunk length field)")
-                length = int.from_bytes(raw, "little")
-                body = f.read(length)
+                length = field[0]
+                body = _read_up_to(f, length)
                 if len(body) != length or length < 2:
                     raise ClosedLoopError(f"{path}: truncated XDF file (a chunk of {length} bytes "
                                           f"ends after the file, {len(body)} bytes left)")
                 tag = struct.unpack_from("<H", body)[0]
-                if tag in (2, 6) and length >= 6:
-                    stream = struct.unpack_from("<I", body, 2)[0]
-                    if tag == 6:
-                        footers.add(stream)
-                        continue
-                    info = fromstring(body[6:].decode("utf-8", "replace"))
-                    headers[stream] = {key: (info.findtext(key) or "").strip() for key in
-                                       ("name", "type", "channel_count", "channel_format", "nominal_srate")}
-                    headers[stream]["element"] = info
+                if tag not in (2, 3, 4, 6):
+                    continue
+                if length < 6:
+                    raise ClosedLoopError(f"{path}: corrupt XDF (a chunk of tag {tag} without a stream id)")
+                stream = struct.unpack_from("<I", body, 2)[0]
+                if tag == 2:
+                    headers[stream] = _stream_header(body[6:])
+                elif stream not in headers:
+                    raise ClosedLoopError(f"{path}: corrupt XDF (a chunk of tag {tag} for stream {stream}, "
+                                          "which has no header before it)")
+                elif tag == 3:
+                    _check_samples(path, headers[stream], body[6:])
+                elif tag == 4 and length != 22:
+                    raise ClosedLoopError(f"{path}: stream {headers[stream]['name']!r}: corrupt XDF ClockOffset "
+                                          f"chunk ({length} bytes, not 22)")
+                elif tag == 6:
+                    footers.add(stream)
     except (ParseError, ValueError) as exc:
-        raise ClosedLoopError(f"{path}: corrupt XDF stream header ({_one_line(exc)})") from None
-    except (OSError, EOFError) as exc:
-        raise ClosedLoopError(f"{path}: unreadable XDF file ({_one_line(exc)})") from None
+        raise ClosedLoopError(f"{path}: corrupt XDF stream header ({one_line(exc)})") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ClosedLoopError(f"{path}: unreadable XDF file ({one_line(exc)})") from None
     return headers, footers
+
+
+class _Complaints(logging.Handler):
+    """Keeps the errors pyxdf logs (it skips corrupt chunks rather than raising)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _pick_stream(path: Path, headers: dict[int, dict], what: str, name: str | None, type_: str | None) -> int:
@@ -308,13 +398,26 @@ def _channel_labels(info: Element, count: int) -> list[str]:
     return labels if len(labels) == count and all(labels) else [f"ch{c}" for c in range(1, count + 1)]
 
 
+def _unit(path: Path, label: object, channel: int, unit: int) -> UnitSpec:
+    """A recording's unit: its own label when that is a usable name (non-blank, printable),
+    else ``ch<channel>u<unit>``; channel and unit numbers beyond int32 are refused."""
+    name = str(label).strip() if label is not None else ""
+    if not name or not name.isprintable() or len(name) > 200:
+        name = f"ch{channel}u{unit}"
+    try:
+        return UnitSpec(name=name, channel=int(channel), unit=int(unit))
+    except ValidationError:
+        raise ClosedLoopError(f"{path}: unit ({channel}, {unit}): channel and unit numbers must fit "
+                              "in 32 bits") from None
+
+
 def _as_units(path: Path, units: Iterable) -> list[UnitSpec]:
     try:
         return [u if isinstance(u, UnitSpec) else UnitSpec(**u) if isinstance(u, dict)
                 else UnitSpec(name=u[0], channel=u[1], unit=u[2]) for u in units]
     except (ValidationError, TypeError, IndexError, KeyError) as exc:
         raise ClosedLoopError(f"{path}: option units: each needs name, channel and unit "
-                              f"({type(exc).__name__}: {_one_line(exc)})") from None
+                              f"({type(exc).__name__}: {one_line(exc)})") from None
 
 
 @register
@@ -356,11 +459,21 @@ class XdfReader(Reader):
         marker_id = _pick_stream(path, headers, "markers", markers,
                                  markers_type or (None if markers else "Markers"))
         spike_id = _pick_stream(path, headers, "spikes", spikes, spikes_type or (None if spikes else "Spikes"))
+        complaints = _Complaints()
+        log = logging.getLogger("pyxdf")
+        log.addHandler(complaints)
+        log.propagate = False  # pyxdf logs the corruption it skips: it is said once, in the error below
         try:
             loaded, _ = pyxdf.load_xdf(str(path), select_streams=[marker_id, spike_id], synchronize_clocks=True,
                                        dejitter_timestamps=dejitter)
         except Exception as exc:  # pyxdf raises whatever its parsing hits
-            raise ClosedLoopError(f"{path}: pyxdf cannot read it ({type(exc).__name__}: {_one_line(exc)})") from None
+            raise ClosedLoopError(f"{path}: pyxdf cannot read it ({type(exc).__name__}: {one_line(exc)})") from None
+        finally:
+            log.removeHandler(complaints)
+            log.propagate = True
+        if complaints.messages:
+            raise ClosedLoopError(f"{path}: corrupt XDF file: pyxdf skipped part of it "
+                                  f"({one_line(complaints.messages[0])})")
         by_id = {int(s["info"]["stream_id"]): s for s in loaded}
         notes = [f"stream {headers[sid]['name']!r} has no footer: the recording may have been cut short"
                  for sid in (marker_id, spike_id) if sid not in footers]
@@ -369,7 +482,8 @@ class XdfReader(Reader):
 
         stream = by_id[marker_id]
         labels = [row[0] if isinstance(row, list) else str(row[0].item()) for row in stream["time_series"]]
-        presentations, marker_notes = presentations_from_markers(stream["time_stamps"], labels)
+        presentations, marker_notes = presentations_from_markers(
+            stream["time_stamps"], labels, f"{path}: marker stream {headers[marker_id]['name']!r}")
         notes += marker_notes
 
         record, found = self._spikes(path, by_id[spike_id], headers[spike_id])
@@ -395,7 +509,7 @@ class XdfReader(Reader):
                                       f"(channel, unit), found {values.shape[1]}")
             record = _spikes(stamps, values[:, 0], values[:, 1])
             pairs = sorted(set(zip(record["channel"].tolist(), record["unit"].tolist())))
-            return record, [UnitSpec(name=f"ch{c}u{u}", channel=c, unit=u) for c, u in pairs]
+            return record, [_unit(path, None, c, u) for c, u in pairs]
         counts = np.rint(values).astype(np.int64)
         if (counts < 0).any() or not np.allclose(counts, values):
             raise ClosedLoopError(f"{path}: spike stream {name!r}: binned counts must be whole numbers >= 0")
@@ -403,7 +517,7 @@ class XdfReader(Reader):
         k = counts[sample, channel]
         record = _spikes(np.repeat(stamps[sample] - 0.5 / rate, k), np.repeat(channel + 1, k), 1)
         labels = _channel_labels(header["element"], values.shape[1])
-        return record, [UnitSpec(name=label, channel=c, unit=1) for c, label in enumerate(labels, 1)]
+        return record, [_unit(path, label, c, 1) for c, label in enumerate(labels, 1)]
 
 
 # ----------------------------------------------------------------------- neo --
@@ -483,7 +597,7 @@ class NeoReader(Reader):
         try:
             candidates = list(dict.fromkeys(list_candidate_ios(path)))
         except Exception as exc:
-            raise ClosedLoopError(f"{path}: no neo IO reads it ({_one_line(exc)})") from None
+            raise ClosedLoopError(f"{path}: no neo IO reads it ({one_line(exc)})") from None
         failures = []
         for io_class in candidates:
             # Lazy loading spares a large file's signals; some IOs fail at it, so try eager next.
@@ -499,7 +613,7 @@ class NeoReader(Reader):
                 except ClosedLoopError:
                     raise
                 except Exception as exc:  # neo and its backends raise anything on a bad file
-                    failures.append(f"{io_class.__name__}: {type(exc).__name__}: {_one_line(exc)}")
+                    failures.append(f"{io_class.__name__}: {type(exc).__name__}: {one_line(exc)}")
                 finally:
                     if io is not None and hasattr(io, "close"):
                         try:
@@ -533,8 +647,7 @@ class NeoReader(Reader):
         else:
             pairs = [(c, 1) for c in range(1, len(groups) + 1)]
             notes.append("spike trains lack channel/unit annotations: units numbered channel 1..n, unit 1")
-        units = [UnitSpec(name=g["name"] or f"ch{c}u{u}", channel=c, unit=u)
-                 for (c, u), g in zip(pairs, groups.values())]
+        units = [_unit(path, g["name"], c, u) for (c, u), g in zip(pairs, groups.values())]
         parts = [_spikes(t, c, u) for (c, u), g in zip(pairs, groups.values()) for t in g["times"]]
         return units, np.concatenate(parts), notes
 
@@ -557,4 +670,4 @@ class NeoReader(Reader):
                     for i, (on, off, label) in enumerate(rows)], []
         times = np.concatenate([e.times.rescale("s").magnitude for e in found])
         labels = [label for e in found for label in _text(e.labels)]
-        return presentations_from_markers(times, labels)
+        return presentations_from_markers(times, labels, f"{path}: event channel {name!r}")

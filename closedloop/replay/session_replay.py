@@ -51,6 +51,7 @@ from closedloop.select.strategies import SelectionContext, Strategy
 from closedloop.stimuli import StimulusPool
 
 ALTERNATIVE_STREAM = 7  # the alternative strategy draws from default_rng(seed + 7)
+REPLAYABLE = ("received", "core_version", "cores_trained_on", "responses")  # what a decision logs to be made again
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,10 @@ def replay(source: ReplaySource, out: Path, strategy: str | None = None, seed: i
                                     else {})
         alternative.check(units, source.pool)
     recorded = cadence is None
-    if recorded and not (source.selections and all("received" in s for s in source.selections)):
+    lacking = next((k for s in source.selections for k in REPLAYABLE if k not in s), None)
+    if recorded and (not source.selections or lacking):
         what = "has no logged decisions" if not source.selections else "logged its decisions without " \
-            "'received' counts (before decisions were replayable)"
+            f"{lacking!r} counts (before decisions were replayable)"
         raise ClosedLoopError(f"{source.source}: {what}; replay it at a cadence (--every N)")
     pool_path = source.pool_path
     if pool_path is None:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
+from closedloop.checks import check_rig, check_strategy
 from closedloop.config import Protocol, SimulationSpec, UnitSpec, load_protocol, load_rig
-from closedloop.errors import ClosedLoopError
-from closedloop.loop import split_pool
+from closedloop.errors import ClosedLoopError, one_line
+from closedloop.stimuli.candidates import split_pool
 from closedloop.record.session import ADDED, SPIKE_DTYPE, read_session
 from closedloop.replay.readers import read_recording
 from closedloop.replay.recording import Recording, session_recording
@@ -126,7 +127,9 @@ def open_source(path: Path | str, protocol: Path | None = None, pool: Path | Non
     if protocol is None or pool is None:
         raise ClosedLoopError(f"{path}: a recording made elsewhere needs --protocol (model, selection, "
                               "window) and --pool (the images its stimulus ids name)")
-    return _recording(path, load_protocol(protocol), _pool(pool), Path(pool), options)
+    given = load_protocol(protocol)
+    check_strategy(given)
+    return _recording(path, given, _pool(pool), Path(pool), options)
 
 
 # ----------------------------------------------------------------- sessions --
@@ -135,18 +138,12 @@ def _session(path: Path) -> ReplaySource:
     recording = session_recording(record)
     protocol = load_protocol(path / "protocol.json")
     rig = load_rig(path / "rig.json")
+    check_strategy(protocol)
+    check_rig(rig)
     base = StimulusPool.load(path / "stimuli.npz")
     candidates, heldout = split_pool(len(base), protocol.heldout.images, protocol.protocol.seed)
-    for p in recording.presentations:
-        if p["pool_index"] >= len(record.pool) or record.pool.ids[p["pool_index"]] != p["stimulus"]:
-            raise ClosedLoopError(f"session {path}: markers.jsonl: presentation {p['index']} names stimulus "
-                                  f"{p['stimulus']!r}, which is not pool image {p['pool_index']}")
+    for p in recording.presentations:  # read_session checked them against the pool and the responses
         p["aborted"] = bool(p.get("aborted"))
-    shown = {p["index"] for p in recording.presentations}
-    unmatched = [r["index"] for r in record.responses if r["index"] not in shown]
-    if unmatched:
-        raise ClosedLoopError(f"session {path}: responses.jsonl: presentation {unmatched[0]} has no marker "
-                              f"({len(unmatched)} such responses)")
     return ReplaySource(
         source=path, protocol=protocol, units=recording.units, pool=base, candidates=candidates, heldout=heldout,
         presentations=recording.presentations, spikes=recording.spikes,
@@ -160,6 +157,11 @@ def _session(path: Path) -> ReplaySource:
 
 
 # -------------------------------------------------------------- NWB exports --
+NWB_ERRORS = (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError)
+"""What h5py, pynwb and pandas raise on a damaged or foreign HDF5 file (UnicodeDecodeError and JSON
+errors are ValueErrors)."""
+
+
 def _is_export(path: Path) -> bool:
     """Whether ``path`` is an NWB file written by ``closedloop export``."""
     import h5py
@@ -167,9 +169,9 @@ def _is_export(path: Path) -> bool:
     try:
         with h5py.File(path, "r") as f:
             text = f["general/data_collection"][()] if "general/data_collection" in f else b""
-    except OSError as exc:
-        raise ClosedLoopError(f"{path}: unreadable NWB (HDF5) file ({exc})") from None
-    text = text.decode() if isinstance(text, bytes) else str(text)
+            text = text.decode() if isinstance(text, bytes) else str(text)
+    except NWB_ERRORS as exc:
+        raise ClosedLoopError(f"{path}: unreadable NWB (HDF5) file ({one_line(exc)})") from None
     return '"closedloop_nwb_export"' in text
 
 
@@ -177,21 +179,26 @@ def _read_export(path: Path) -> tuple[Recording, Protocol, StimulusPool, list[tu
     """A ``closedloop export`` on the session's LSL clock: its recorded units, spikes and
     presentations (``pool_index`` into the returned pool: the images shown, in pool order),
     its protocol, and its spike gaps."""
+    from hdmf.build.errors import ConstructError
     from pynwb import NWBHDF5IO
 
     try:
         with NWBHDF5IO(str(path), "r") as io:
-            nwb = io.read()
-            t0 = json.loads(nwb.data_collection)["lsl_t0"]
-            protocol = _protocol(path, json.loads(nwb.protocol))
-            rows = nwb.units.to_dataframe()
-            table = nwb.intervals["presentations"].to_dataframe()
-            images = nwb.stimulus_template["stimuli"]
-            shown = {name: np.asarray(images.images[name].data[:]) for name in images.images}
-            gaps = [] if nwb.invalid_times is None else [
-                (a + t0, b + t0) for a, b in zip(nwb.invalid_times["start_time"][:], nwb.invalid_times["stop_time"][:])]
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise ClosedLoopError(f"{path}: not a readable closedloop NWB export ({type(exc).__name__}: {exc})") from None
+            return _parse_export(path, io.read())
+    except (*NWB_ERRORS, ConstructError) as exc:
+        raise ClosedLoopError(f"{path}: not a readable closedloop NWB export ({one_line(exc)})") from None
+
+
+def _parse_export(path: Path, nwb) -> tuple[Recording, Protocol, StimulusPool, list[tuple[float, float]]]:
+    """What :func:`_read_export` returns, from the open NWB file."""
+    t0 = json.loads(nwb.data_collection)["lsl_t0"]
+    protocol = _protocol(path, json.loads(nwb.protocol))
+    rows = nwb.units.to_dataframe()
+    table = nwb.intervals["presentations"].to_dataframe()
+    images = nwb.stimulus_template["stimuli"]
+    shown = {name: np.asarray(images.images[name].data[:]) for name in images.images}
+    gaps = [] if nwb.invalid_times is None else [
+        (a + t0, b + t0) for a, b in zip(nwb.invalid_times["start_time"][:], nwb.invalid_times["stop_time"][:])]
     recorded = rows[rows["recorded"]]
     units = [UnitSpec(name=str(r.unit_name), channel=int(r.channel), unit=int(r.unit)) for r in recorded.itertuples()]
     spikes = np.concatenate([_records(np.asarray(r.spike_times) + t0, int(r.channel), int(r.unit))
@@ -231,12 +238,15 @@ def open_recording(path: Path | str, **options) -> Recording:
 
 
 def _protocol(path: Path, data: dict) -> Protocol:
+    """The protocol an export carries, validated and its strategy checked."""
     try:
-        return Protocol.model_validate(data)
+        protocol = Protocol.model_validate({**data, "source": path})
     except ValidationError as exc:
         error = exc.errors()[0]
         raise ClosedLoopError(f"{path}: its protocol: field '{'.'.join(map(str, error['loc']))}': "
                               f"{error['msg']}") from None
+    check_strategy(protocol)
+    return protocol
 
 
 def _records(times: np.ndarray, channel: int, unit: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ClosedLoopError
-from closedloop.record.session import SessionRecord
+from closedloop.record import SessionRecord, read_session
 from closedloop.report import data, figures, html, timing
 from closedloop.stimuli import StimulusPool
 
@@ -36,12 +36,12 @@ def write_report(sessions: list[Path], out: Path | None = None) -> Path:
     Raises
     ------
     ClosedLoopError
-        One line naming the session file at fault (missing, corrupt), or the output that
-        cannot be written.
+        One line naming the session file at fault (missing, corrupt, inconsistent: see
+        :func:`closedloop.record.read_session`), or the output that cannot be written.
     """
     if not sessions:
         raise ClosedLoopError("report: give at least one session directory")
-    records = [data.load_session(s) for s in sessions]
+    records = [read_session(s) for s in sessions]
     out = Path(out) if out is not None else Path(sessions[0]) / "report.html"
     labels = [f"{r.path.name} ({data.strategy(r)})" for r in records]
     body = [html.heading(2, "Summary", "summary"), _summary(records, labels),
@@ -71,7 +71,8 @@ def _summary(records: list[SessionRecord], labels: list[str]) -> str:
         names = [u.get("name", "?") for u in record.rig.get("recorded_units", [])]
         protocol = record.protocol.get("protocol", {})
         fields = {
-            "status": "complete" if record.summary else "PARTIAL: no summary.json (the run was killed or failed)",
+            "status": (record.summary.get("status", "complete") if record.summary is not None
+                       else "PARTIAL: no summary.json (the run was killed or failed)"),
             "protocol": protocol.get("name", "?"),
             "rig": record.rig.get("rig", {}).get("name", "?"),
             "strategy": data.strategy(record),
@@ -157,10 +158,6 @@ def _chosen(record: SessionRecord) -> str:
     if not order:
         return html.paragraph("No model decisions were recorded.")
     pool = record.pool
-    bad = [i for i in order if not 0 <= i < len(pool)]
-    if bad:
-        raise ClosedLoopError(f"session file {record.path / 'selections.jsonl'}: pool index {bad[0]} is not in "
-                              f"the pool ({len(pool)} stimuli)")
     chosen = StimulusPool(pool.images[order], [pool.families[i] for i in order], [pool.params[i] for i in order])
     shown = min(len(chosen), GALLERY_LIMIT)
     buffer = io.BytesIO()

@@ -1,54 +1,24 @@
 """What a report shows, read from a session directory: spikes per unit around each onset, the
 response matrix, accuracy and posterior traces, timing.
 
-Every accessor names the session file and line at fault when a record lacks what it needs.
+Sessions are read by :func:`closedloop.record.read_session`, which checks every record against
+its schema and the records against each other, so the accessors below rely on the keys the
+schema declares (:mod:`closedloop.record.schema`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from closedloop.errors import ClosedLoopError
-from closedloop.record import read_session
+from closedloop.record import recorded_units
 from closedloop.record.session import SessionRecord
 
-JSON_FILES = ("protocol.json", "rig.json", "summary.json")
 
-
-def load_session(path: Path | str) -> SessionRecord:
-    """Read a session directory, complete or partial (no ``summary.json``).
-
-    Raises
-    ------
-    ClosedLoopError
-        One line naming the directory or the file: missing, unreadable or corrupt.
-    """
-    path = Path(path)
-    for name in JSON_FILES:
-        file = path / name
-        if file.is_file():
-            try:
-                json.loads(file.read_text(encoding="utf-8"))
-            except (ValueError, OSError) as exc:
-                raise ClosedLoopError(f"session file {file}: corrupt ({' '.join(str(exc).split())})") from None
-    try:
-        return read_session(path)
-    except (OSError, ValueError) as exc:
-        raise ClosedLoopError(f"session {path}: unreadable ({' '.join(str(exc).split())})") from None
-
-
-def column(record: SessionRecord, log: str, key: str, default=None, required: bool = True) -> list:
-    """``key`` of every record in ``<log>.jsonl`` (``default`` where absent, unless ``required``)."""
-    values = []
-    for line, entry in enumerate(getattr(record, log), 1):
-        if not isinstance(entry, dict) or (required and key not in entry):
-            raise ClosedLoopError(f"session file {record.path / f'{log}.jsonl'} line {line}: no {key!r}")
-        values.append(entry.get(key, default))
-    return values
+def column(record: SessionRecord, log: str, key: str, default=None) -> list:
+    """``key`` of every record in ``<log>.jsonl`` (``default`` where absent)."""
+    return [entry.get(key, default) for entry in getattr(record, log)]
 
 
 @dataclass(frozen=True)
@@ -61,19 +31,11 @@ class Unit:
 
 def units(record: SessionRecord) -> list[Unit]:
     """The recorded units (``rig.json`` ``recorded_units``, in count order) with their spikes."""
-    listed = record.rig.get("recorded_units")
-    if not isinstance(listed, list):
-        raise ClosedLoopError(f"session file {record.path / 'rig.json'}: no recorded_units list")
     spikes = record.spikes
     out = []
-    for k, u in enumerate(listed):
-        try:
-            name, channel, unit = str(u["name"]), int(u["channel"]), int(u["unit"])
-        except (KeyError, TypeError, ValueError):
-            raise ClosedLoopError(f"session file {record.path / 'rig.json'}: recorded_units[{k}] needs "
-                                  f"name, channel and unit") from None
-        mine = (spikes["channel"] == channel) & (spikes["unit"] == unit)
-        out.append(Unit(name, np.sort(spikes["time"][mine])))
+    for u in recorded_units(record):
+        mine = (spikes["channel"] == u["channel"]) & (spikes["unit"] == u["unit"])
+        out.append(Unit(u["name"], np.sort(spikes["time"][mine])))
     return out
 
 
@@ -95,14 +57,9 @@ def aligned(times: np.ndarray, onset: np.ndarray, before: float, after: float) -
 
 def response_matrix(record: SessionRecord, n_units: int) -> tuple[np.ndarray, list[str]]:
     """Spike counts (units, presentations) in presentation order, and each presentation's role."""
-    rows = sorted(zip(column(record, "responses", "index"), column(record, "responses", "counts"),
-                      column(record, "responses", "role", "", required=False)), key=lambda r: r[0])
-    for index, counts, _ in rows:
-        if not isinstance(counts, list) or len(counts) != n_units:
-            raise ClosedLoopError(f"session file {record.path / 'responses.jsonl'}: presentation {index} has "
-                                  f"counts {counts!r}, expected {n_units} (one per recorded unit)")
-    counts = np.array([c for _, c, _ in rows], float).reshape(len(rows), n_units).T
-    return counts, [role for _, _, role in rows]
+    rows = sorted(record.responses, key=lambda r: r["index"])
+    counts = np.array([r["counts"] for r in rows], float).reshape(len(rows), n_units).T
+    return counts, [r["role"] for r in rows]
 
 
 def strategy(record: SessionRecord) -> str:
@@ -116,7 +73,7 @@ def accuracy(record: SessionRecord) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     responses = np.array(column(record, "accuracy", "responses"), float)
     out = {}
     for key in ("r_observed", "r_true"):
-        values = column(record, "accuracy", key, required=False)
+        values = column(record, "accuracy", key)
         if any(v for v in values):
             width = max(len(v) for v in values if v)
             r = np.full((len(values), width), np.nan)
@@ -130,7 +87,7 @@ def chosen_order(record: SessionRecord) -> list[int]:
     """Pool indices the strategy chose, each once, in order of first choice."""
     seen: dict[int, None] = {}
     for chosen in column(record, "selections", "chosen"):
-        seen.update(dict.fromkeys(int(i) for i in chosen))
+        seen.update(dict.fromkeys(chosen))
     return list(seen)
 
 

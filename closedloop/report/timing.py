@@ -24,7 +24,7 @@ def frame_period(record: SessionRecord) -> float:
 
 def photodiode_corrections(record: SessionRecord) -> np.ndarray:
     """Onset corrections the photodiode made (light minus flip), ms."""
-    values = column(record, "responses", "photodiode_correction", required=False)
+    values = column(record, "responses", "photodiode_correction")
     return np.array([v for v in values if v is not None], float) * 1e3
 
 
@@ -32,8 +32,8 @@ def rows(record: SessionRecord) -> list[tuple[str, str]]:
     """(what, value) pairs: frames, dropped frames, deadline misses, aborts, gaps, clock, photodiode."""
     intervals = np.diff(record.frames) * 1e3
     period = frame_period(record) * 1e3
-    dropped = column(record, "markers", "dropped_frames", 0, required=False)
-    aborted = column(record, "markers", "aborted", False, required=False)
+    dropped = column(record, "markers", "dropped_frames", 0)
+    aborted = column(record, "markers", "aborted", False)
     out = [("flips recorded", f"{len(record.frames)}")]
     if len(intervals):
         out.append(("frame interval median / p99 / max (ms)",
@@ -53,7 +53,7 @@ def rows(record: SessionRecord) -> list[tuple[str, str]]:
     out.append(("clock", f"sync {clock}, {len(_events(record, CLOCK_ANOMALIES))} anomalies{residuals}"))
     corrections = photodiode_corrections(record)
     if len(corrections):
-        missed = sum(bool(m) for m in column(record, "responses", "photodiode_missed", False, required=False))
+        missed = sum(bool(m) for m in column(record, "responses", "photodiode_missed", False))
         out.append(("photodiode onset corrections (ms)",
                     f"{len(corrections)} corrected, {missed} missed; median {np.median(corrections):.2f}, "
                     f"range {corrections.min():.2f} to {corrections.max():.2f}"))
@@ -81,11 +81,11 @@ def figure(record: SessionRecord) -> Figure:
     ax.legend(fontsize=7)
     ax = axes[1]
     index = column(record, "markers", "index")
-    dropped = column(record, "markers", "dropped_frames", 0, required=False)
+    dropped = column(record, "markers", "dropped_frames", 0)
     ax.bar(index, dropped, width=1.0, color="#4c72b0", label="dropped frames")
     misses = [e.get("index") for e in _events(record, ("deadline_miss",)) if e.get("index") is not None]
     ax.plot(misses, np.full(len(misses), -0.3), "|", color="#d62728", markersize=10, label="deadline miss")
-    aborted = [i for i, a in zip(index, column(record, "markers", "aborted", False, required=False)) if a]
+    aborted = [i for i, a in zip(index, column(record, "markers", "aborted", False)) if a]
     ax.plot(aborted, np.full(len(aborted), -0.6), "|", color="grey", markersize=10, label="fixation break")
     ax.set_ylim(-1, max([1, *dropped]) + 0.5)
     ax.set_xlabel("presentation")

@@ -216,11 +216,12 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.special import gammaln
 
+from closedloop.config import MANY, Seed, Settings
 from closedloop.errors import ClosedLoopError
-from closedloop.select.strategies import SelectionContext, Strategy, top_k, unit_index
+from closedloop.select.strategies import NoParams, SelectionContext, Strategy, top_k, unit_index
 from closedloop.stimuli.contours import elements
 from closedloop.stimuli.families import DotParams, GratingParams
 
@@ -660,10 +661,8 @@ def _negative_binomial(shape: np.ndarray, rate: np.ndarray, top: int) -> np.ndar
 
 
 # ------------------------------------------------------------------- params --
-class HypothesisSpec(BaseModel):
+class HypothesisSpec(Settings):
     """One hypothesis: a name, a response model and overrides of its prior."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     model: Literal["curvature", "dot", "orientation", "untuned"]
@@ -687,10 +686,8 @@ class HypothesisSpec(BaseModel):
         return self
 
 
-class HypothesisParams(BaseModel):
+class HypothesisParams(NoParams):
     """Settings of the ``hypothesis`` strategy."""
-
-    model_config = ConfigDict(extra="forbid")
 
     neuron: str = Field(min_length=1, description="the unit tested")
     hypotheses: list[HypothesisSpec] = Field(min_length=2)
@@ -701,9 +698,9 @@ class HypothesisParams(BaseModel):
     level: float = Field(0.05, gt=0, lt=0.5, description="the coverage's miss probability and the level of the "
                          "posterior predictive check")
     check: bool = Field(True, description="a hypothesis is decided only if it passes its posterior predictive check")
-    budget: int | None = Field(None, gt=0, description="most responses of the unit; none: until decided")
+    budget: int | None = Field(None, gt=0, le=MANY, description="most responses of the unit; none: until decided")
     particles: int = Field(300, ge=10, le=100_000, description="draws from each hypothesis's prior")
-    seed: int = Field(0, ge=0, description="seed of the particle draws")
+    seed: Seed = Field(0, description="seed of the particle draws")
 
     @field_validator("hypotheses")
     @classmethod

@@ -72,6 +72,7 @@ import numpy as np
 from pydantic import Field, ValidationError, field_validator
 from scipy.optimize import minimize
 
+from closedloop.config import MANY, Seed
 from closedloop.errors import ClosedLoopError
 from closedloop.select.hypotheses import (MODELS, Features, HypothesisParams, HypothesisStrategy, ResponseModel,
                                           plot_posterior)
@@ -226,7 +227,7 @@ class ProposeParams(NoParams):
                                           "others are its alternatives in the test")
     learn: str = Field("random", description="the strategy that chooses until the proposal")
     learn_params: dict[str, Any] = Field({}, description="its settings")
-    propose_after: int = Field(300, ge=1, description="responses of the unit before the proposal")
+    propose_after: int = Field(300, ge=1, le=MANY, description="responses of the unit before the proposal")
     settle: float | None = Field(None, gt=0, lt=1, description="propose sooner, once the unit's posterior variance "
                                  "relative to its expected count, averaged over the allowed images, falls to this "
                                  "fraction of the first decision's")
@@ -236,7 +237,7 @@ class ProposeParams(NoParams):
                                                            "protocol's [stimulus] background")
     test: dict[str, Any] = Field({}, description="settings of the hypothesis test: threshold, budget, particles, "
                                                   "seed (closedloop.select.hypotheses.HypothesisParams)")
-    seed: int = Field(0, ge=0, description="seed of the fit's prior draws")
+    seed: Seed = Field(0, description="seed of the fit's prior draws")
 
     @field_validator("models")
     @classmethod

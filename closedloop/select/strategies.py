@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from closedloop.config import Settings
 from closedloop.errors import ClosedLoopError
 from closedloop.stimuli import gaudy, stimulus_id
 
@@ -53,10 +54,9 @@ if TYPE_CHECKING:
     from closedloop.stimuli import StimulusPool
 
 
-class NoParams(BaseModel):
-    """A strategy without settings, and the base of those with them (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
+class NoParams(Settings):
+    """A strategy without settings, and the base of those with them (unknown keys are errors, every
+    float is finite)."""
 
 
 class Predictor(Protocol):
@@ -424,7 +424,7 @@ def rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class AdeptParams(NoParams):
-    weight: float = Field(1.0, ge=0, description="lambda: weight of the diversity term against the mean "
+    weight: float = Field(1.0, ge=0, le=1000, description="lambda: weight of the diversity term against the mean "
                           "response (both spikes per unit)")
 
 

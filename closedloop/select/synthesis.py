@@ -93,13 +93,14 @@ def ascend(objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tenso
 
 class SynthesisParams(TargetParams):
     steps: int = Field(16, ge=1, le=1000, description="Adam steps per batch")
-    learning_rate: float = Field(4.0, gt=0, description="step size, pixel values")
-    jitter: int = Field(2, ge=0, description="largest random shift per step, pixels")
-    blur_sigma: float = Field(0.5, ge=0, description="Gaussian blur every blur_every steps, pixels (0: none)")
+    learning_rate: float = Field(4.0, gt=0, le=255, description="step size, pixel values, at most 255")
+    jitter: int = Field(2, ge=0, le=64, description="largest random shift per step, pixels, at most 64")
+    blur_sigma: float = Field(0.5, ge=0, le=16, description="Gaussian blur every blur_every steps, pixels "
+                              "(0: none), at most 16")
     blur_every: int = Field(4, ge=1)
     decay: float = Field(0.002, ge=0, lt=1, description="pull towards grey per step, fraction")
-    max_change: float | None = Field(64.0, gt=0, description="how far a pixel may move from its start image, "
-                                     "pixel values (none: anywhere in 0-255)")
+    max_change: float | None = Field(64.0, gt=0, le=255, description="how far a pixel may move from its start "
+                                     "image, pixel values (none: anywhere in 0-255)")
 
 
 class SynthesisStrategy(TargetedStrategy):

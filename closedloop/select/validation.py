@@ -51,10 +51,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from closedloop.config import MANY, POOL_LIMIT
 from closedloop.errors import ClosedLoopError
-from closedloop.select.strategies import SelectionContext, Strategy, unit_index
+from closedloop.select.strategies import NoParams, SelectionContext, Strategy, unit_index
 
 ARMS = ("top", "random")
 
@@ -67,15 +68,13 @@ def mixture_e_value(wins: int, losses: int) -> float:
     return math.exp(min(log_e, 700.0))
 
 
-class ValidationParams(BaseModel):
+class ValidationParams(NoParams):
     """Settings of the ``validation`` strategy."""
 
-    model_config = ConfigDict(extra="forbid")
-
     neuron: str = Field(min_length=1, description="the unit tested")
-    top: int = Field(20, ge=1, description="top-predicted images the top arm draws from")
+    top: int = Field(20, ge=1, le=POOL_LIMIT, description="top-predicted images the top arm draws from")
     alpha: float = Field(0.05, gt=0, lt=1, description="false-positive rate of the test")
-    budget: int | None = Field(None, gt=0, description="most counted responses; none: until it rejects")
+    budget: int | None = Field(None, gt=0, le=MANY, description="most counted responses; none: until it rejects")
     family: str = Field("natural", min_length=1, description="family of the random arm")
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import Field
 
 from closedloop.errors import ClosedLoopError
+from closedloop.config import POOL_LIMIT
 from closedloop.select.strategies import NoParams, SelectionContext, Strategy
 
 ANSCOMBE = 0.375  # spikes: the offset of the variance-stabilising transform 2 sqrt(c + 3/8)
@@ -48,7 +49,7 @@ ANSCOMBE = 0.375  # spikes: the offset of the variance-stabilising transform 2 s
 class VarianceParams(NoParams):
     target: str | None = Field(None, description="family of the pool whose predictions matter "
                                                  "(e.g. natural, or a held-out set); default: the whole pool")
-    sample: int = Field(512, ge=16, description="target images drawn per decision (for speed)")
+    sample: int = Field(512, ge=16, le=POOL_LIMIT, description="target images drawn per decision (for speed)")
     scale: Literal["counts", "latent"] = Field("counts", description="the variance summed over the target: of "
                                                "expected counts (per unit, relative to its spread) or latent")
 

@@ -27,7 +27,9 @@ orientations in degrees) work on the image resampled to 64 x 64 pixels:
   the figure map, tuned to discs of radius ``radius``;
 - ``orientation`` — Gabor energy at ``orientation`` and ``frequency``
   (cycles per image) divided by the energy over all orientations.
-All take ``x``, ``y`` (receptive-field centre) and ``rf`` (its radius).
+All take ``x``, ``y`` (receptive-field centre, -0.5 to 0.5) and ``rf`` (its
+radius, at least a pixel of the grid); the bounds of every parameter are in
+the units' ``Params`` models, and :func:`check_params` applies them.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field, ValidationError
 
-from closedloop.config import NeuronSpec, SimulationSpec
+from closedloop.config import NeuronSpec, Settings, SimulationSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.model.ensemble import to_model_input
 
@@ -76,21 +79,37 @@ def _match(maps: np.ndarray, *kernels: np.ndarray) -> list[np.ndarray]:
             for k in kernels]
 
 
-class _BuiltinUnit(Neuron):
-    """A hand-built V4-like unit; subclasses set ``DEFAULTS`` and ``response``."""
+PIXEL = 1 / GRID  # the side of a grid pixel, a fraction of the image side
 
-    DEFAULTS: dict = {}
+
+def _orientation(default: float):
+    return Field(default, ge=-360, le=360, description="degrees anticlockwise from rightward, -360 to 360")
+
+
+class UnitParams(Settings):
+    """Where a built-in unit looks: its receptive field, a disc on the image (fractions of its side)."""
+
+    x: float = Field(0.0, ge=-0.5, le=0.5, description="centre right of the image centre, -0.5 to 0.5")
+    y: float = Field(0.0, ge=-0.5, le=0.5, description="centre up of the image centre, -0.5 to 0.5")
+    rf: float = Field(0.3, ge=PIXEL, le=1, description="radius, one grid pixel (1/64) to 1: a field always "
+                      "holds a pixel")
+
+
+class _BuiltinUnit(Neuron):
+    """A hand-built V4-like unit; subclasses set ``Params`` and ``response``."""
+
+    Params: type[UnitParams] = UnitParams
 
     def __init__(self, name: str, **params):
         self.names = [name]
-        self.params = {"x": 0.0, "y": 0.0, "rf": 0.3, **self.DEFAULTS, **params}
+        self.params = self.Params(**params).model_dump()
         centre = (np.arange(GRID) + 0.5) / GRID - 0.5
         x, y = np.meshgrid(centre, -centre)
         self.field = np.hypot(x - self.params["x"], y - self.params["y"]) <= self.params["rf"]
 
     @classmethod
     def known(cls) -> list[str]:
-        return ["x", "y", "rf", *cls.DEFAULTS]
+        return list(cls.Params.model_fields)
 
     def drive(self, images: np.ndarray) -> np.ndarray:
         out = []
@@ -123,7 +142,10 @@ class CurvatureUnit(_BuiltinUnit):
     so the preference for one direction over its opposite is weak.
     """
 
-    DEFAULTS = {"radius": 0.04, "orientation": 90.0, "length": 5.0}
+    class Params(UnitParams):
+        radius: float = Field(0.04, ge=PIXEL, le=0.25, description="tip radius, one grid pixel (1/64) to 0.25")
+        orientation: float = _orientation(90.0)
+        length: float = Field(5.0, ge=0, le=10, description="shaft length in tip radii, 0-10")
 
     def __init__(self, name: str, **params):
         super().__init__(name, **params)
@@ -146,7 +168,9 @@ class CurvatureUnit(_BuiltinUnit):
 class DotUnit(_BuiltinUnit):
     """Prefers a small disc of radius ``radius`` (any colour) inside its receptive field."""
 
-    DEFAULTS = {"radius": 0.05}
+    class Params(UnitParams):
+        radius: float = Field(0.05, ge=PIXEL, le=0.5, description="preferred disc radius, one grid pixel "
+                              "(1/64) to 0.5")
 
     def __init__(self, name: str, **params):
         super().__init__(name, **params)
@@ -170,7 +194,11 @@ class OrientationUnit(_BuiltinUnit):
     same at 8 orientations spanning 180 degrees.
     """
 
-    DEFAULTS = {"orientation": 45.0, "frequency": 4.0}
+    class Params(UnitParams):
+        orientation: float = _orientation(45.0)
+        frequency: float = Field(4.0, ge=0.5, le=GRID / 2, description="cycles per image, 0.5 to 32 (the "
+                                 "grid's Nyquist frequency)")
+
     ORIENTATIONS = 8
 
     def __init__(self, name: str, **params):
@@ -211,6 +239,9 @@ class CompactNeuron(Neuron):
         return self.model.predict(images)[:, None]
 
 
+ONNX_OUTPUTS = ("rate", "drive")  # what an ONNX model's outputs are: spikes/s, or a drive to calibrate
+
+
 class OnnxNeuron(Neuron):
     """An ONNX model mapping images to one output per neuron.
 
@@ -222,7 +253,7 @@ class OnnxNeuron(Neuron):
     def __init__(self, path: Path, name: str | None = None, output: str = "rate"):
         import onnxruntime as ort
 
-        if output not in ("rate", "drive"):
+        if output not in ONNX_OUTPUTS:
             raise ClosedLoopError(f"onnx model {path}: output must be 'rate' or 'drive', got {output!r}")
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -275,14 +306,24 @@ def _build_one(spec: NeuronSpec) -> list[Neuron]:
 
 
 def check_params(spec: NeuronSpec) -> None:
-    """Refuse parameters a neuron kind does not take (``ValueError`` naming them)."""
+    """Refuse parameters a neuron kind does not take or that are out of range (one-line ``ValueError``)."""
+    extras = dict(spec.model_extra or {})
     allowed = BUILTIN[spec.kind].known() if spec.kind in BUILTIN else ["output"] if spec.kind == "onnx" else []
-    unknown = sorted(set(spec.model_extra or {}) - set(allowed))
+    unknown = sorted(set(extras) - set(allowed))
     if unknown:
         known = ", ".join(allowed) or "none"
         raise ValueError(f"a {spec.kind!r} neuron has no parameter {unknown[0]!r} (known: {known})")
     if spec.kind != "compact" and spec.limit is not None:
         raise ValueError(f"'limit' applies to a folder of compact models, not a {spec.kind!r} neuron")
+    if spec.kind == "onnx" and extras.get("output", "rate") not in ONNX_OUTPUTS:
+        raise ValueError(f"an 'onnx' neuron's output must be 'rate' or 'drive', got {extras['output']!r}")
+    if spec.kind in BUILTIN:
+        try:
+            BUILTIN[spec.kind].Params(**extras)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"])
+            raise ValueError(f"a {spec.kind!r} neuron's {field}: {error['msg']}") from None
 
 
 def build_neurons(sim: SimulationSpec) -> list[Neuron]:

@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pylsl
 
-from closedloop.acquire.streams import count_stream_info, resolve_stream, spike_stream_info
-from closedloop.config import Rig, UnitSpec
+from closedloop.acquire.streams import count_stream_info, resolve_stream, session_stream, spike_stream_info
+from closedloop.config import Rig, StreamSpec, UnitSpec
+from closedloop.errors import ClosedLoopError
 from closedloop.present.markers import parse_marker
 from closedloop.stimuli import StimulusPool, read_added
 
 log = logging.getLogger(__name__)
 
 STEP = 0.002  # s between spike batches
+STOP_CHECK = 0.5  # s: the longest wait between two looks at the stop event
 MARKER_SLACK = 0.02  # s: the photodiode trace is pushed once every marker up to it has arrived
 BREAK_GAZE = (10.0, 0.0)  # degrees: where the eye goes during a fixation break
 
@@ -64,12 +67,17 @@ class SpikeSimulator:
     added : Path, optional
         Folder of stimuli added during the session (``closedloop.stimuli.write_added``),
         read when a marker names a stimulus the pool lacks.
+    session_id : str, optional
+        The session served: its marker stream is found, and the outlets here are given, by that
+        session's source_ids (:func:`closedloop.acquire.streams.session_stream`). Without it, the
+        rig file's source_ids (or ``closedloop-sim-<kind>-<rig name>``) and markers by name.
     """
 
-    def __init__(self, rig: Rig, pool: StimulusPool, added: Path | None = None):
+    def __init__(self, rig: Rig, pool: StimulusPool, added: Path | None = None, session_id: str | None = None):
         from closedloop.simulate.neurons import Population, build_neurons
 
         self.rig, self.sim, self.pool, self.added = rig, rig.simulation, pool, added
+        self.markers = self._pinned(rig.markers, "markers", session_id)
         self.population = Population(build_neurons(self.sim), self.sim, pool.images)
         self.n = len(simulated_units(rig))
         self.rng = np.random.default_rng(self.sim.seed)
@@ -81,30 +89,53 @@ class SpikeSimulator:
         self._light: list[list[float]] = []  # [on, off] s, local clock: when the screen showed an image
         self.photodiode = None
         if rig.photodiode is not None:
-            pd = pylsl.StreamInfo(rig.photodiode.name, rig.photodiode.type, 1, self.sim.photodiode_rate,
-                                  pylsl.cf_float32, rig.photodiode.source_id or f"closedloop-sim-pd-{rig.rig.name}")
+            spec = self._pinned(rig.photodiode, "photodiode", session_id)
+            pd = pylsl.StreamInfo(spec.name, spec.type, 1, self.sim.photodiode_rate, pylsl.cf_float32, spec.source_id)
             self.photodiode = pylsl.StreamOutlet(pd)
         self.clock_rate = 1.0 + self.sim.clock_drift_ppm * 1e-6
         self.gaze = None
         if rig.gaze is not None:
-            gaze = pylsl.StreamInfo(rig.gaze.name, rig.gaze.type, 2, self.sim.gaze_rate, pylsl.cf_float32,
-                                    rig.gaze.source_id or f"closedloop-sim-gaze-{rig.rig.name}")
+            spec = self._pinned(rig.gaze, "gaze", session_id)
+            gaze = pylsl.StreamInfo(spec.name, spec.type, 2, self.sim.gaze_rate, pylsl.cf_float32, spec.source_id)
             self.gaze = pylsl.StreamOutlet(gaze)
             self._eye_rng = np.random.default_rng(self.sim.seed + 1)
             self._break = (np.inf, np.inf)  # (start, end) s of the next or current fixation break
         self.spikes_sent = 0
-        source_id = rig.spikes.source_id or f"closedloop-sim-{rig.rig.name}"
+        source_id = self._pinned(rig.spikes, "spikes", session_id).source_id
         if rig.spikes.format == "counts":
             info = count_stream_info(rig.spikes, source_id, self.n, rig.spikes.rate)
         else:
             info = spike_stream_info(rig.spikes, source_id)
         self.outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
 
+    def _pinned(self, spec: StreamSpec, role: str, session_id: str | None) -> StreamSpec:
+        """The stream of ``role`` as this simulator finds or offers it (see ``session_id``)."""
+        if session_id is not None:
+            return session_stream(spec, role, session_id)
+        if role == "markers" or spec.source_id is not None:
+            return spec
+        return spec.model_copy(update={"source_id": f"closedloop-sim-{role}-{self.rig.rig.name}"})
+
     def rates(self, pool_index: int) -> np.ndarray:
-        """Driven rates (spikes/s) of every neuron for one stimulus, cached."""
+        """Driven rates (spikes/s) of every neuron for one stimulus, cached (about 0.5 ms per unit to
+        compute: :meth:`precompute` does it ahead of the markers)."""
         if pool_index not in self._rates:
             self._rates[pool_index] = self.population.rates(self.pool.images[pool_index:pool_index + 1])[0]
         return self._rates[pool_index]
+
+    @property
+    def rates_cached(self) -> int:
+        """Stimuli whose rates are computed (a marker for one of them costs a lookup)."""
+        return len(self._rates)
+
+    def precompute(self, stop: threading.Event) -> None:
+        """Fill the rate cache for every image of the pool as it was at the start, one image at a
+        time, until done or ``stop`` is set (within one image's computation). Run off the serving
+        thread, so that a marker costs a lookup, not tens of milliseconds of stalled streams."""
+        for index in range(len(self.pool)):
+            if stop.is_set():
+                return
+            self.rates(index)
 
     def on_marker(self, marker: dict, t: float) -> None:
         """React to one marker at time ``t`` (s, local clock)."""
@@ -196,12 +227,46 @@ class SpikeSimulator:
         np.add.at(counts, (which, neurons), 1)
         self.outlet.push_chunk(counts, self.acquisition_clock(t0 + bin_width * np.arange(1, n_bins + 1)))
 
+    def _open_markers(self, stop: threading.Event) -> tuple[pylsl.StreamInlet, float] | None:
+        """The marker stream's inlet and its clock offset (s), or None if ``stop`` is set first.
+
+        Raises
+        ------
+        ClosedLoopError
+            No marker stream within the rig's ``resolve_timeout``.
+        """
+        deadline = time.monotonic() + self.rig.resolve_timeout
+        while not stop.is_set():
+            if not pylsl.resolve_byprop("name", self.markers.name, timeout=STOP_CHECK) \
+                    and time.monotonic() < deadline:
+                continue  # none of that name yet (resolve_stream would also list every other stream)
+            try:
+                info = resolve_stream(self.markers, STOP_CHECK)
+            except ClosedLoopError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            inlet = pylsl.StreamInlet(info, recover=True)
+            inlet.open_stream(timeout=5.0)
+            return inlet, inlet.time_correction(timeout=5.0)
+        return None
+
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set (or the marker stream is resolved and the process is killed)."""
-        info = resolve_stream(self.rig.markers, self.rig.resolve_timeout)
-        inlet = pylsl.StreamInlet(info, recover=True)
-        inlet.open_stream(timeout=5.0)
-        offset = inlet.time_correction(timeout=5.0)
+        """Serve until ``stop`` is set; every wait in here (finding the marker stream, a chunk of
+        markers, the pool's rates computed on a thread of their own) looks at ``stop`` at least
+        every :data:`STOP_CHECK` s, so a stop takes effect within about that."""
+        rates = threading.Thread(target=self.precompute, args=(stop,), name="rates", daemon=True)
+        rates.start()
+        try:
+            opened = self._open_markers(stop)
+            if opened is not None:
+                self._serve(*opened, stop)
+        finally:
+            stop.set()  # also ends the rates thread when serving failed
+            rates.join()
+
+    def _serve(self, inlet: pylsl.StreamInlet, offset: float, stop: threading.Event) -> None:
+        """Answer the markers of ``inlet`` (clock ``offset`` s) until ``stop`` is set."""
         bin_width = 1.0 / self.rig.spikes.rate if self.rig.spikes.format == "counts" else 0.0
         done = light_done = gaze_done = pylsl.local_clock()
         if bin_width:

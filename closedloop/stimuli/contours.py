@@ -57,8 +57,9 @@ from typing import Annotated, NamedTuple
 
 import numpy as np
 from PIL import ImageDraw
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from closedloop.config import Settings
 from closedloop.stimuli.families import Family, draw
 
 __all__ = ["Contour", "ContourParams", "boundary", "control_points", "elements",
@@ -479,7 +480,7 @@ Curvature = Annotated[float, Field(ge=CURVATURE_MIN, le=CURVATURE_MAX)]
 Level = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class ContourParams(BaseModel):
+class ContourParams(Settings):
     """Parameters of one contour stimulus (sizes and positions are fractions of the image side).
 
     Attributes
@@ -505,8 +506,6 @@ class ContourParams(BaseModel):
     colour : tuple of 3 floats, optional
         RGB (0-1) to use instead of white, and its complement ``1 - colour`` instead of black.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     shape: int = Field(ge=1, le=len(_PUBLISHED))
     curvatures: list[Curvature] | None = None

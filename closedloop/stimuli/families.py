@@ -17,7 +17,9 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from closedloop.config import Settings
 
 SUPERSAMPLE = 4  # shapes are drawn at 4x and averaged down, for smooth edges
 
@@ -46,8 +48,8 @@ class Family(ABC):
         """The member's (size_px, size_px, 3) uint8 image on a ``background`` grey (0-1)."""
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Params(Settings):
+    """A family's parameters: unknown keys refused, every float finite."""
 
 
 Fraction = Annotated[float, Field(ge=0, le=1)]

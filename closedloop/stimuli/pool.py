@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +149,7 @@ class StimulusPool:
                 return cls(data["images"], meta["families"], meta["params"])
         except FileNotFoundError:
             raise ClosedLoopError(f"stimulus file {path}: not found") from None
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
             raise ClosedLoopError(f"stimulus file {path}: unreadable ({exc})") from None
 
 

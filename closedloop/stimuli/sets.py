@@ -33,13 +33,17 @@ stimuli::
 Loading validates everything that can be checked without rendering; every
 error is one line naming the set file and the entry (counted from 1), e.g.
 ``stimulus set stimuli/x.toml entry 3 (dot), params 2: diameter: Input should
-be greater than 0``. :meth:`StimulusSet.render` renders the members in entry
+be greater than 0``. A set renders at most ``POOL_LIMIT`` images
+(:data:`closedloop.config.POOL_LIMIT`, counting both versions of a ``gaudy =
+"both"`` entry), so a large ``count`` or a long list of variants is refused
+before anything is rendered. :meth:`StimulusSet.render` renders the members in entry
 order into a :class:`StimulusPool` (identical renderings kept once).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -47,8 +51,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from closedloop.config import POOL_LIMIT, Seed, Strict
 from closedloop.errors import ClosedLoopError
 from closedloop.stimuli.families import Family, gaudy
 from closedloop.stimuli.natural import image_names, load_images
@@ -62,24 +67,21 @@ class _EntryError(ClosedLoopError):
     """A ClosedLoopError that already names the set and the entry."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SetInfo(_Strict):
+class SetInfo(Strict):
     """The ``[set]`` table."""
 
     name: str = Field(min_length=1)
-    seed: int = Field(0, ge=0, description="random entries draw from this seed")
+    seed: Seed = Field(0, description="random entries draw from this seed, 0 to 2**32 - 1")
     description: str = ""
 
 
-class Entry(_Strict):
+class Entry(Strict):
     """One ``[[entry]]`` table: a group of stimuli."""
 
     family: str | None = None
-    count: int | None = Field(None, ge=0, description="random members; with standard or natural: that many "
-                                                      "of them, drawn with the seed")
+    count: int | None = Field(None, ge=0, le=POOL_LIMIT, description="random members; with standard or "
+                              f"natural: that many of them, drawn with the seed; at most {POOL_LIMIT}, the most "
+                              "images a pool holds")
     params: list[dict[str, Any]] | None = Field(None, min_length=1, description="fixed members")
     fixed: dict[str, Any] = Field({}, description="parameters shared by every member (not with variants)")
     standard: bool | list[int] = Field(False, description="the family's standard set, or indices into it")
@@ -153,7 +155,7 @@ def _check(family: Family, params: dict) -> dict:
         raise ClosedLoopError(message) from None
 
 
-class StimulusSet(_Strict):
+class StimulusSet(Strict):
     """A validated stimulus set; ``path`` is the file it came from (natural sources are relative to it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -176,13 +178,40 @@ class StimulusSet(_Strict):
 
     # ---------------------------------------------------------------- checks --
     def validate_entries(self) -> None:
-        """Check every entry without rendering: families, parameters, that image sources exist."""
+        """Check every entry without rendering: the set's size, families, parameters, that image sources exist."""
+        self.size()  # first: the members of an entry too large are never listed
         for i, entry in enumerate(self.entries):
-            if entry.natural is not None:
-                self._natural_names(i, entry)
-            else:
+            if entry.natural is None:
                 for _ in self._members(i, entry, check_only=True):
                     pass
+
+    def size(self) -> int:
+        """Images the set renders, before identical renderings are dropped (found without rendering).
+
+        Raises
+        ------
+        ClosedLoopError
+            Naming the entry at which the set passes ``POOL_LIMIT`` images.
+        """
+        total = 0
+        for i, entry in enumerate(self.entries):
+            total += self._entry_size(i, entry)
+            if total > POOL_LIMIT:
+                raise self._context(i, entry, f"the set reaches {total} images here; a pool holds at most "
+                                              f"{POOL_LIMIT}")
+        return total
+
+    def _entry_size(self, index: int, entry: Entry) -> int:
+        copies = 2 if entry.gaudy == "both" else 1
+        if entry.natural is not None:
+            return copies * len(self._natural_names(index, entry))
+        if entry.variants is not None:
+            return copies * math.prod(len(v) for v in entry.variants.values() if isinstance(v, list))
+        if entry.count is not None:
+            return copies * entry.count
+        if entry.params is not None:
+            return copies * len(entry.params)
+        return copies * sum(1 for _ in self._members(index, entry, check_only=True))  # a whole standard set
 
     def _natural_names(self, index: int, entry: Entry) -> list[str]:
         """The image files a natural entry takes (all, or ``count`` drawn with the seed), sorted."""
@@ -273,6 +302,7 @@ class StimulusSet(_Strict):
         if size_px < 1 or not 0 <= background <= 1:
             raise ClosedLoopError(f"{self.where}: rendering needs size_px >= 1 and background 0-1, "
                                   f"got {size_px!r} and {background!r}")
+        self.size()
         images: list[np.ndarray] = []
         families: list[str] = []
         params: list[dict] = []

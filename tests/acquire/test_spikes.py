@@ -1,5 +1,7 @@
 """Real LSL over loopback: outlets are opened in the test, inlets closed first."""
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -7,7 +9,7 @@ import pylsl
 import pytest
 
 from closedloop.acquire.spikes import SpikeInlet
-from closedloop.acquire.streams import count_stream_info, resolve_stream, spike_stream_info
+from closedloop.acquire.streams import CLOCK_REFRESH, count_stream_info, resolve_stream, session_stream, spike_stream_info
 from closedloop.config import SpikeStreamSpec, StreamSpec
 from closedloop.errors import ClosedLoopError
 
@@ -170,3 +172,121 @@ def test_a_stream_that_drops_out_and_returns_leaves_a_recorded_gap(stream_name, 
     # Time stood still through the gap and moves again from its end: no window closed on missing data.
     assert all(t >= gaps[0][1] for t in ticks[frozen:]) and max(ticks) >= gaps[0][1]
     del outlet
+
+
+def test_an_outlet_gone_before_its_inlet_opens_is_the_error_and_stop_still_works(stream_name):
+    """The real error reaches the user: a failed ``start`` says which stream did not answer, and
+    the clean-up's ``stop`` after it raises nothing of its own."""
+    spec = StreamSpec(name=stream_name, type="Spikes")
+    outlet = pylsl.StreamOutlet(spike_stream_info(spec, stream_name))
+    info = resolve_stream(spec, timeout=5)
+    del outlet
+    inlet = SpikeInlet(info, lambda *_: None, lambda _: None)
+    with pytest.raises(ClosedLoopError, match=f"LSL stream '{stream_name}': its outlet did not answer within 0.5 s"):
+        inlet.start(timeout=0.5)
+    inlet.stop()
+
+
+def test_a_session_finds_only_its_own_outlet(stream_name):
+    """An outlet of the same name whose source_id belongs to no session is refused, naming both ids;
+    the session's own is found beside it."""
+    spec = StreamSpec(name=stream_name, type="Spikes")
+    mine = session_stream(spec, "spikes", "session-1")
+    foreign = pylsl.StreamOutlet(spike_stream_info(spec, "an-orphan"))
+    with pytest.raises(ClosedLoopError, match="source_id 'an-orphan', not 'closedloop-spikes-session-1'"):
+        resolve_stream(mine, timeout=1.0)
+    own = pylsl.StreamOutlet(spike_stream_info(spec, mine.source_id))
+    assert resolve_stream(mine, timeout=5.0).source_id() == "closedloop-spikes-session-1"
+    del foreign, own
+
+
+def test_a_stream_silent_beyond_lost_after_is_lost_and_flagged_if_asked(stream_name, wait_until):
+    """Silent beyond ``stall_after`` it is a gap; beyond ``lost_after`` lost (reported once). With
+    ``on_lost = "flag"`` the acquisition time goes on past the silence, which is flagged as gaps
+    ahead of it; with ``"end"`` it stands still."""
+    for on_lost in ("flag", "end"):
+        spec = SpikeStreamSpec(name=f"{stream_name}-{on_lost}", type="Spikes", lost_after=0.6, on_lost=on_lost)
+        outlet = pylsl.StreamOutlet(spike_stream_info(spec, spec.name))
+        ticks, gaps, events = [], [], []
+        inlet = SpikeInlet(resolve_stream(spec, timeout=5), lambda *_: None, ticks.append, 0.05, spec,
+                           stall_after=0.2, on_gap=lambda a, b: gaps.append((a, b)), on_event=events.append)
+        inlet.start()
+        outlet.push_sample([1, 1], pylsl.local_clock())
+        wait_until(lambda: inlet.state == "gap", "a gap")
+        wait_until(lambda: inlet.state == "lost", "the stream lost")
+        lost_at = ticks[-1]
+        wait_until(lambda: pylsl.local_clock() > lost_at + 0.2 + 0.5, "half a second more")  # ticks lag 0.2 s
+        inlet.stop()
+        assert [e["kind"] for e in events] == ["spike_stream_lost"] and events[0]["on_lost"] == on_lost
+        if on_lost == "flag":
+            assert ticks[-1] > lost_at + 0.4 and gaps and all(b > a for a, b in gaps)
+            assert gaps[0][0] == inlet.in_gap_since and gaps[-1][1] > ticks[-1]
+            assert all(gaps[k][1] == gaps[k + 1][0] for k in range(len(gaps) - 1))  # no hole between them
+        else:
+            assert ticks[-1] == lost_at and not gaps
+        del outlet
+
+
+def test_a_moved_lsl_clock_offset_is_applied_from_then_on_and_logged(stream_name, monkeypatch, wait_until):
+    """The sending host's LSL clock steps 5 s (here: liblsl's offset estimate says so): the inlet
+    reads the offset again every few seconds, from its own thread, and stamps the spikes that
+    follow with the new one; the move is an event."""
+    spec = StreamSpec(name=stream_name, type="Spikes")
+    outlet = pylsl.StreamOutlet(spike_stream_info(spec, stream_name))
+    got, events = [], []
+    inlet = SpikeInlet(resolve_stream(spec, timeout=5), lambda t, c, u: got.extend(t), lambda t: None,
+                       on_event=events.append, stall_after=30.0)  # silent until the offset moves
+    inlet.start()
+    measured = inlet._inlet.time_correction
+    monkeypatch.setattr(inlet._inlet, "time_correction", lambda timeout=1.0: measured(timeout=timeout) + 5.0)
+    wait_until(lambda: events, "the offset was not read again", timeout=3 * CLOCK_REFRESH)
+    stamp = pylsl.local_clock()
+    outlet.push_sample([1, 1], stamp)
+    wait_until(lambda: got, "the spike did not arrive")
+    inlet.stop()
+    assert [e["kind"] for e in events] == ["clock_offset_changed"]
+    assert events[0]["seconds"] == pytest.approx(5.0, abs=1e-3) and events[0]["offset"] == inlet.offset
+    assert got[0] == pytest.approx(stamp + 5.0, abs=1e-3)
+
+
+OUTLET = """
+import sys, time, pylsl
+from closedloop.acquire.streams import spike_stream_info
+from closedloop.config import StreamSpec
+outlet = pylsl.StreamOutlet(spike_stream_info(StreamSpec(name=sys.argv[1], type="Spikes"), "nsp-restarts"))
+print("up", flush=True)
+while True:
+    outlet.push_sample([1, 1], pylsl.local_clock())
+    time.sleep(0.01)
+"""
+
+
+def test_an_outlet_restarted_within_stall_after_is_a_gap_every_time(stream_name, wait_until):
+    """A spike outlet killed (-9) and started again (same source_id) sooner than ``stall_after``:
+    every restart is a gap all the same, from the last stamp before it to the first after."""
+    def start_outlet() -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", OUTLET, stream_name], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "up"
+        return process
+
+    outlet = start_outlet()
+    gaps, events, arrivals = [], [], []
+    inlet = SpikeInlet(resolve_stream(StreamSpec(name=stream_name, type="Spikes"), timeout=10),
+                       lambda t, c, u: arrivals.append(pylsl.local_clock()), lambda t: None, stall_after=30.0,
+                       on_gap=lambda a, b: gaps.append((a, b)), on_event=events.append)
+    inlet.start()
+    try:
+        for restart in range(1, 3):
+            wait_until(lambda: arrivals, "no spikes from the outlet")
+            outlet.kill()
+            outlet.wait()
+            killed = pylsl.local_clock()
+            outlet = start_outlet()
+            arrivals.clear()
+            wait_until(lambda: len(gaps) == restart, f"restart {restart} was not a gap", timeout=20)
+            assert gaps[-1][0] <= killed < gaps[-1][1] and inlet.state == "ok"
+    finally:
+        inlet.stop()
+        outlet.kill()
+        outlet.wait()
+    assert [e["kind"] for e in events] == ["spike_gap", "spike_gap"]

@@ -106,3 +106,67 @@ def test_stamps_going_backwards_or_jumping_are_reported(stream_name):
     assert "clock_backwards" in kinds and "clock_jump" in kinds
     back = next(e for e in events if e["kind"] == "clock_backwards")
     assert back["seconds"] == pytest.approx(0.509, abs=0.002) and back["stream"] == stream_name
+
+
+def test_a_step_in_the_sync_residuals_starts_a_new_segment_and_is_reported():
+    """The acquisition clock steps 5 s ahead, then back: the map follows each step from the first
+    sync pair after it, keeps the drift, and pairs stamped before a step stay in their segment."""
+    steps = []
+    clock = ClockMap(on_step=steps.append)
+    onsets = 5000.0 + np.arange(60) * 0.25
+    shift = np.where((np.arange(60) >= 20) & (np.arange(60) < 40), 5.0, 0.0)  # s the clock is ahead
+    for i, t in enumerate(onsets):
+        if i != 19:
+            clock.add_onset(i, t)
+        clock.add_sync(i, float(acquisition_clock(t) + shift[i]))
+        if i == 21:  # onset 19 comes late: its sync, stamped before the step, pairs in the old segment
+            clock.add_onset(19, onsets[19])
+        if i in (20, 40):
+            assert np.abs(clock.to_local(acquisition_clock(t) + shift[i]) - t) < 1e-6  # at once
+    moved = 5.0 / (1 + DRIFT)  # s of this clock
+    assert [s["seconds"] for s in steps] == [pytest.approx(moved), pytest.approx(-moved)] and clock.steps == 2
+    assert [s["index"] for s in steps] == [20, 40] and all(s["cause"] == "sync_residual" for s in steps)
+    probe = onsets[-1] + np.linspace(0, 5, 11)
+    assert np.abs(clock.to_local(acquisition_clock(probe)) - probe).max() < 1e-6
+    assert clock.pairs == 60 and np.abs(clock.residuals()).max() < 1e-6
+
+
+def test_spikes_over_lsl_follow_a_clock_step_ahead_and_back(stream_name):
+    """Real LSL: the acquisition stamps (spikes and syncs) step 5 s ahead and back; the inlet sees
+    each jump, the map starts a new segment there, and every spike still lands where it was
+    fired, within a microsecond; each step is reported once, with its size."""
+    spec = StreamSpec(name=stream_name, type="Spikes")
+    outlet = pylsl.StreamOutlet(spike_stream_info(spec, stream_name))
+    info = resolve_stream(spec, timeout=5)
+    steps, events = [], []
+    clock = ClockMap(on_step=steps.append)
+    got, done = [], threading.Event()
+    rng = np.random.default_rng(4)
+    t0 = 1000.0
+    onsets = t0 + np.arange(60) * 0.2
+    spikes = np.sort(rng.uniform(t0, t0 + 12.0, 3000))
+
+    def on_spikes(times, channels, units):
+        got.append(times)
+        if sum(len(g) for g in got) >= len(spikes):
+            done.set()
+
+    inlet = SpikeInlet(info, on_spikes, lambda t: None, clock=clock, sync_channel=0, on_event=events.append)
+    inlet.start()
+    for i, t in enumerate(onsets):
+        clock.add_onset(i, t)
+    stamps = np.concatenate([spikes, onsets])
+    samples = np.concatenate([np.column_stack([rng.integers(1, 9, len(spikes)), np.ones(len(spikes))]),
+                              np.column_stack([np.zeros(len(onsets)), np.arange(len(onsets))])])
+    order = np.argsort(stamps, kind="stable")
+    stamps, samples = stamps[order], samples[order]
+    stepped = np.where((stamps >= t0 + 4.0) & (stamps < t0 + 8.0), 5.0, 0.0)
+    outlet.push_chunk(samples.astype(np.int32), acquisition_clock(stamps) + stepped)
+    assert done.wait(10), "spikes did not arrive"
+    inlet.stop()
+    received = np.sort(np.concatenate(got))
+    assert len(received) == len(spikes) and np.abs(received - spikes).max() < 1e-6
+    moved = 5.0 / (1 + DRIFT)  # s of this clock
+    assert [s["seconds"] for s in steps] == [pytest.approx(moved), pytest.approx(-moved)]
+    assert [s["cause"] for s in steps] == ["clock_jump", "clock_backwards"]
+    assert {"clock_jump", "clock_backwards"} <= {e["kind"] for e in events}

@@ -124,7 +124,7 @@ def _error(result) -> str:
     ("nan", "{npy}: 1 responses are not finite"),
     ("negative", "{npy}: responses must be spike counts >= 0"),
     ("text", "{npy}: unreadable responses file"),
-    ("strings", "{npy}: responses must be real numbers"),
+    ("strings", "{npy}: responses file must hold real numbers"),
     ("bad image", "{zip}:image0003.png: unreadable image"),
     ("few images", "{npy}: 5 distinct images; a core needs at least 8"),
 ])

@@ -8,6 +8,7 @@ import pynwb
 import pytest
 from pynwb import NWBHDF5IO
 
+from closedloop.config import Protocol, to_jsonable
 from closedloop.errors import ClosedLoopError
 from closedloop.record import SessionWriter
 from closedloop.record.nwb import export_nwb
@@ -18,8 +19,8 @@ UNITS = [{"name": "v4a", "channel": 1, "unit": 1}, {"name": "v4b", "channel": 1,
          {"name": "v4c", "channel": 3, "unit": 1}]
 SHOWN = [0, 5, 2, 5, 7, 1]  # pool indices; 5 is shown twice
 ROLES = ["chosen", "heldout", "chosen", "control", "heldout", "requeued"]
-PROTOCOL = {"protocol": {"name": "nwbtest", "seed": 3, "presentations": 6},
-            "window": {"start": 0.05, "end": 0.15}}
+PROTOCOL = to_jsonable(Protocol.model_validate({"protocol": {"name": "nwbtest", "seed": 3, "presentations": 6},
+                                                "window": {"start": 0.05, "end": 0.15}}))
 RIG = {"rig": {"name": "bench", "simulated": False}, "recorded_units": UNITS}
 
 
@@ -187,22 +188,26 @@ def test_bad_sessions_raise_one_line_naming_the_path(tmp_path, pool):
     make_session(tmp_path / "s", pool)
     markers = (tmp_path / "s" / "markers.jsonl").read_text()
     (tmp_path / "s" / "markers.jsonl").write_text(markers.replace(pool.ids[7], "0" * 16))
-    refused(tmp_path / "s", "markers.jsonl line 5: stimulus '0000000000000000' is not in stimuli.npz")
+    refused(tmp_path / "s", "markers.jsonl line 5: field 'stimulus': '0000000000000000' is not pool image 7")
     (tmp_path / "s" / "markers.jsonl").write_text(markers.replace('"offset"', '"off"'))
-    refused(tmp_path / "s", "markers.jsonl line 1: missing 'offset'")
+    refused(tmp_path / "s", "markers.jsonl line 1: field 'offset': Field required")
     (tmp_path / "s" / "markers.jsonl").write_text("{not json}\n")
-    refused(tmp_path / "s", "markers.jsonl: corrupt at line 1")
+    refused(tmp_path / "s", "markers.jsonl line 1: not JSON")
     (tmp_path / "s" / "markers.jsonl").write_text(markers)
 
     responses = (tmp_path / "s" / "responses.jsonl").read_text()
     (tmp_path / "s" / "responses.jsonl").write_text(responses.replace('"counts": [', '"counts": [1, '))
-    refused(tmp_path / "s", "responses.jsonl line 1: counts .* do not match the 3 recorded units")
+    refused(tmp_path / "s", "responses.jsonl line 1: field 'counts': 4 counts for the 3 recorded units")
+    (tmp_path / "s" / "responses.jsonl").write_text(responses.replace('"counts": [', '"counts": [-1, ', 1))
+    refused(tmp_path / "s", r"responses.jsonl line 1: field 'counts\[0\]': Input should be greater than or equal to 0")
+    (tmp_path / "s" / "responses.jsonl").write_text(responses + responses.splitlines(keepends=True)[2])
+    refused(tmp_path / "s", "responses.jsonl line 7: field 'index': presentation 2 answered twice")
     (tmp_path / "s" / "responses.jsonl").write_text(responses)
 
     (tmp_path / "s" / "rig.json").write_text(json.dumps({"rig": {}}))
-    refused(tmp_path / "s", "rig.json has no recorded_units")
+    refused(tmp_path / "s", "rig.json: field 'recorded_units': missing")
     (tmp_path / "s" / "protocol.json").write_text("{cut")
-    refused(tmp_path / "s", "unreadable")
+    refused(tmp_path / "s", "protocol.json: not JSON")
     (tmp_path / "s" / "spikes.bin").unlink()
     refused(tmp_path / "s", "missing spikes.bin")
 

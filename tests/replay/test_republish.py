@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from closedloop.acquire.streams import check_spike_stream, resolve_stream
 from closedloop.cli import main
-from closedloop.config import SpikeStreamSpec, StreamSpec, UnitSpec
+from closedloop.config import Protocol, SpikeStreamSpec, StreamSpec, UnitSpec, to_jsonable
 from closedloop.record import SessionWriter
 from closedloop.record.session import SPIKE_DTYPE
 from closedloop.replay import Recording, presentations_from_markers, response_table
@@ -98,8 +98,8 @@ def test_spikes_and_markers_arrive_as_recorded(stream_name):
 def test_a_session_directory_is_republished(tmp_path, stream_name):
     """The command reads a session and sends every spike and marker (fast, nobody listening)."""
     pool = generate_pool({"dot": 3}, 16, seed=0)
-    writer = SessionWriter(tmp_path / "session", {"protocol": {"name": "x"}},
-                           {"recorded_units": [u.model_dump() for u in UNITS]}, pool)
+    writer = SessionWriter(tmp_path / "session", to_jsonable(Protocol.model_validate({"protocol": {"name": "x"}})),
+                           {"rig": {"name": "lab"}, "recorded_units": [u.model_dump() for u in UNITS]}, pool)
     truth = make_recording()
     for p in truth.presentations:
         writer.log("markers", {**p, "stimulus": pool.ids[p["index"] % 3], "pool_index": p["index"] % 3,

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from closedloop.cli import main
 from closedloop.config import load_protocol, load_rig
 from closedloop.errors import ClosedLoopError
-from closedloop.loop import run_session
+from closedloop.session import run_session
 from closedloop.record import read_session
 from closedloop.replay.session_replay import Cadence, align, replay
 from closedloop.replay.sources import open_source

@@ -19,7 +19,8 @@ from PIL import Image
 from closedloop.cli import main
 from closedloop.config import load_protocol, load_rig
 from closedloop.errors import ClosedLoopError
-from closedloop.loop import run_session
+from closedloop.session import run_session
+from closedloop.record import read_session
 from closedloop.record.session import SPIKE_DTYPE
 from closedloop.report import data, figures, write_report
 
@@ -137,7 +138,7 @@ def test_report_renders_in_chromium_with_every_figure(report, tmp_path):
 
 def test_rasters_are_the_spikes_the_loop_counted(session):
     """Spikes aligned for the rasters, counted in the response window, are the logged responses."""
-    record = data.load_session(session)
+    record = read_session(session)
     units = data.units(record)
     assert [u.name for u in units] == UNITS
     index, onset = data.onsets(record)
@@ -153,7 +154,7 @@ def test_rasters_are_the_spikes_the_loop_counted(session):
 
 
 def test_chosen_images_are_those_of_the_selections(session):
-    record = data.load_session(session)
+    record = read_session(session)
     order = data.chosen_order(record)
     every = [i for s in record.selections for i in s["chosen"]]
     assert sorted(order) == sorted(set(every)) and order[0] == every[0]
@@ -169,7 +170,7 @@ def test_a_partial_session_reports_what_it_has_beside_a_complete_one(report):
 
 
 def test_accuracy_curves_of_several_sessions_are_overlaid(session, partial):
-    curves = [(f"{p.name}", data.accuracy(data.load_session(p))) for p in (session, partial)]
+    curves = [(f"{p.name}", data.accuracy(read_session(p))) for p in (session, partial)]
     x, r = curves[0][1]["r_true"]
     assert r.shape == (len(x), 3) and np.all(np.diff(x) >= 0)
     figure = figures.accuracy(curves)
@@ -178,20 +179,32 @@ def test_accuracy_curves_of_several_sessions_are_overlaid(session, partial):
 
 
 def test_hypothesis_posteriors_are_read_from_the_selections_state(session, partial):
-    record = data.load_session(partial)
+    record = read_session(partial)
     x, probabilities = data.posteriors(record)
     assert list(probabilities) == ["curvature", "dot", "untuned"]
     assert x.tolist() == [s["responses"] for s in record.selections]
     for k in (0, len(x) - 1):
         assert {name: p[k] for name, p in probabilities.items()} == pytest.approx(_posterior(k))
-    assert data.posteriors(data.load_session(session)) is None  # random selection keeps no posterior
+    assert data.posteriors(read_session(session)) is None  # random selection keeps no posterior
+
+
+def _edit_response(path: Path, line: int, **change) -> None:
+    lines = (path / "responses.jsonl").read_text().splitlines(keepends=True)
+    lines[line - 1] = json.dumps({**json.loads(lines[line - 1]), **change}) + "\n"
+    (path / "responses.jsonl").write_text("".join(lines))
 
 
 @pytest.mark.parametrize("damage, named", [
     (lambda p: shutil.rmtree(p), "not a directory"),
-    (lambda p: (p / "rig.json").write_text("{not json"), "rig.json: corrupt"),
-    (lambda p: (p / "markers.jsonl").write_text('{"index": 0}\nnot json\n{"index": 2}\n'), "markers.jsonl"),
+    (lambda p: (p / "rig.json").write_text("{not json"), "rig.json: not JSON"),
+    (lambda p: (p / "markers.jsonl").write_text('{"index": 0}\nnot json\n{"index": 2}\n'),
+     "markers.jsonl line 1: field 'stimulus': Field required"),
     (lambda p: (p / "responses.jsonl").unlink(), "missing responses.jsonl"),
+    (lambda p: _edit_response(p, 3, counts=[1, -1, 0]),
+     "responses.jsonl line 3: field 'counts[1]': Input should be greater than or equal to 0"),
+    (lambda p: _edit_response(p, 3, index=1), "responses.jsonl line 3: field 'index': presentation 1 answered twice"),
+    (lambda p: (p / "protocol.json").write_text(json.dumps({"protocol": {"name": 3}})),
+     "protocol.json: field 'protocol.name': Input should be a valid string"),
 ])
 def test_a_missing_or_corrupt_session_is_one_line_naming_the_file(session, tmp_path, damage, named):
     path = tmp_path / "damaged"

@@ -9,8 +9,9 @@ from onnx import TensorProto, helper
 
 from closedloop.config import NeuronSpec, SimulationSpec, load_rig
 from closedloop.errors import ClosedLoopError
+from closedloop.checks import check_rig
 from closedloop.simulate.neurons import (
-    CurvatureUnit, DotUnit, OrientationUnit, Population, build_neurons, neuron_names,
+    CurvatureUnit, DotUnit, OrientationUnit, Population, build_neurons, check_params, neuron_names,
 )
 from closedloop.stimuli import generate_pool
 from closedloop.stimuli.registry import FAMILIES
@@ -75,7 +76,7 @@ def pool():
 
 
 def test_rates_are_calibrated_to_the_mean_rate(pool):
-    sim = _sim(mean_rate=20.0, gain=0.5, max_rate=1e6, calibration_images=len(pool))
+    sim = _sim(mean_rate=20.0, gain=0.5, max_rate=1000, calibration_images=len(pool))
     population = Population(build_neurons(sim), sim, pool.images)
     rates = population.rates(pool.images)
     assert rates.shape == (len(pool), 3) and population.names == ["curvature", "dot", "orientation"]
@@ -115,13 +116,13 @@ def _mean_colour_model(path, channels_first: bool = False) -> None:
 @pytest.mark.parametrize("channels_first", [False, True])
 def test_onnx_neurons(tmp_path, pool, channels_first):
     _mean_colour_model(tmp_path / "m.onnx", channels_first)
-    sim = _sim(neurons=[NeuronSpec(kind="onnx", path=tmp_path / "m.onnx", name="rgb")], max_rate=1e6)
+    sim = _sim(neurons=[NeuronSpec(kind="onnx", path=tmp_path / "m.onnx", name="rgb")], max_rate=1000)
     assert neuron_names(sim) == ["rgb_0", "rgb_1", "rgb_2"]
     rates = Population(build_neurons(sim), sim, pool.images).rates(pool.images[:10])
     # output = "rate" (the default): the model's outputs are the rates, in spikes/s.
     np.testing.assert_allclose(rates, pool.images[:10].mean(axis=(1, 2)), rtol=1e-4)
     as_drive = _sim(neurons=[NeuronSpec(kind="onnx", path=tmp_path / "m.onnx", output="drive")],
-                    calibration_images=len(pool), max_rate=1e6)
+                    calibration_images=len(pool), gain=0.5, max_rate=1000)  # the cap never bites
     np.testing.assert_allclose(Population(build_neurons(as_drive), as_drive, pool.images)
                                .rates(pool.images).mean(axis=0), as_drive.mean_rate)
 
@@ -134,14 +135,26 @@ def test_unreadable_onnx_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_rig_file_refuses_unknown_neuron_parameters(tmp_path):
+def test_rig_checks_refuse_unknown_neuron_parameters(tmp_path):
     path = tmp_path / "rig.toml"
     path.write_text("[rig]\nname = 'r'\nsimulated = true\n[simulation]\n"
                     "[[simulation.neurons]]\nkind = 'dot'\nradius = 0.1\nwidth = 2\n")
     with pytest.raises(ClosedLoopError, match="field 'simulation.neurons.0'.*no parameter 'width'"):
-        load_rig(path)
+        check_rig(load_rig(path))
     path.write_text(path.read_text().replace("width = 2\n", ""))
+    check_rig(load_rig(path))
     assert load_rig(path).simulation.neurons[0].model_extra == {"radius": 0.1}
+
+
+@pytest.mark.parametrize("kind, params, field", [
+    ("dot", {"radius": -0.1}, "radius"), ("curvature", {"radius": 0.0}, "radius"),
+    ("orientation", {"frequency": 0.0}, "frequency"), ("orientation", {"frequency": float("inf")}, "frequency"),
+    ("dot", {"rf": 0.0}, "rf"), ("dot", {"x": float("nan")}, "x"), ("curvature", {"length": 1e300}, "length"),
+])
+def test_out_of_range_parameters_are_refused(kind, params, field):
+    """Each of these crashed the simulator at its first image."""
+    with pytest.raises(ValueError, match=f"a '{kind}' neuron's {field}: "):
+        check_params(NeuronSpec(kind=kind, **params))
 
 
 def test_compact_neurons_from_a_folder(shared_v4, pool):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pylsl
 
-from closedloop.acquire.streams import resolve_stream
+from closedloop.acquire.streams import resolve_stream, session_stream
+from closedloop.benchmarks.faults_files import simulated_rig
 from closedloop.config import load_rig
 from closedloop.present.markers import MarkerOutlet, onset_marker
+from closedloop.session import SIMULATOR_STOP, Session
 from closedloop.simulate.rig import SpikeSimulator
 from closedloop.stimuli import generate_pool
 
@@ -52,3 +58,87 @@ def test_the_simulator_follows_a_marker_outlet_that_restarts(tmp_path, stream_na
         thread.join(timeout=10)
         inlet.close_stream()
     assert not thread.is_alive()
+
+
+def test_a_simulator_for_a_session_offers_and_wants_only_that_sessions_streams(tmp_path, stream_name, sim_files):
+    """With a session id its spike outlet carries the session's source_id (found by it), and it
+    listens only to that session's marker outlet."""
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
+    rig = load_rig(tmp_path / "rig.toml")
+    simulator = SpikeSimulator(rig, generate_pool({"dot": 4}, 32, seed=0), session_id="sess-a")
+    info = resolve_stream(session_stream(rig.spikes, "spikes", "sess-a"), timeout=5.0)
+    assert info.source_id() == "closedloop-spikes-sess-a"
+    assert simulator.markers == rig.markers.model_copy(update={"source_id": "closedloop-markers-sess-a"})
+
+
+def test_simulate_stops_within_a_second_of_sigterm_while_it_waits_for_markers(tmp_path, stream_name, sim_files):
+    """``closedloop simulate`` with no marker stream yet (it waits up to the rig's resolve_timeout,
+    10 s): SIGTERM ends it within about a second all the same."""
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
+    generate_pool({"dot": 4}, 32, seed=0).save(tmp_path / "stimuli.npz")
+    process = subprocess.Popen([sys.executable, "-m", "closedloop", "simulate", "--rig", str(tmp_path / "rig.toml"),
+                                "--stimuli", str(tmp_path / "stimuli.npz")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "simulating" in process.stdout.readline()  # SIGTERM's handler is in place
+        assert pylsl.resolve_byprop("name", f"{stream_name}-spikes", timeout=10)  # waiting for markers
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert time.monotonic() - sent < 1.5
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_burst_of_new_images_costs_lookups_with_96_units(tmp_path, stream_name):
+    """The rates of every pool image are computed off the serving thread at start-up: 30 new
+    images shown at once are answered (their sync events sent) without the tens of milliseconds
+    per image and 96 units that used to stall the streams."""
+    rig_path = simulated_rig(tmp_path / "rig.toml", stream_name, 96, gaze=False)
+    rig_path.write_text(rig_path.read_text().replace("[simulation]\n", "[simulation]\ncalibration_images = 2\n")
+                        + '[clock]\nsync = "events"\n')
+    rig = load_rig(rig_path)
+    pool = generate_pool({"dot": 30}, 32, seed=0)
+    markers = MarkerOutlet(rig.markers, source_id="presenter-96")
+    simulator = SpikeSimulator(rig, pool)
+    stop = threading.Event()
+    thread = threading.Thread(target=simulator.run, args=(stop,), daemon=True)
+    thread.start()
+    inlet = pylsl.StreamInlet(resolve_stream(rig.spikes, timeout=5.0))
+    try:
+        inlet.open_stream(timeout=5.0)
+        deadline = time.monotonic() + 60
+        while simulator.rates_cached < len(pool) and time.monotonic() < deadline:
+            inlet.pull_chunk(timeout=0.1)  # 96 units x 30 images: a couple of seconds
+        assert simulator.rates_cached == len(pool)
+        assert pylsl.resolve_byprop("source_id", "presenter-96", timeout=10)
+        while not inlet.pull_chunk(timeout=0.1)[0]:
+            pass  # serving: it has found the markers
+        sent = time.monotonic()
+        for index in range(len(pool)):
+            markers.push(onset_marker(index, pool.ids[index]), pylsl.local_clock())
+        echoed: set[int] = set()
+        while len(echoed) < len(pool) and time.monotonic() < sent + 10:
+            samples, _ = inlet.pull_chunk(timeout=0.05, as_numpy=True)
+            if len(samples):
+                echoed.update(samples[samples[:, 0] == rig.clock.sync_channel, 1].tolist())
+        assert len(echoed) == len(pool) and time.monotonic() - sent < 0.5
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        inlet.close_stream()
+    assert not thread.is_alive()
+
+
+def test_the_session_kills_a_simulator_that_ignores_sigterm(tmp_path):
+    """Closing never waits on a simulator for long nor raises: SIGKILL after SIMULATOR_STOP s."""
+    session = Session.__new__(Session)  # only its simulator: nothing else to stop
+    session.simulator = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                               "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert session.simulator.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    session._stop_simulator()
+    assert session.simulator.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < SIMULATOR_STOP + 2
