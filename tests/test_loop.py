@@ -109,7 +109,7 @@ def test_selections_and_summary_are_recorded(session):
     chosen = {record.pool.ids[i] for s in record.selections for i in s["chosen"]}
     assert not heldout_ids & chosen  # held-out images are never selected
     assert summary["deadline_misses"] == sum(e["kind"] == "deadline_miss" for e in record.events)
-    assert record.protocol["protocol"]["name"] == "short" and record.rig["rig"]["name"] == "test-sim"
+    assert record.protocol["protocol"]["name"] == "short" and record.rig["rig"]["name"].startswith("cltest-loop-")
 
 
 def test_a_binned_count_stream_feeds_the_same_loop(tmp_path, sim_files, stream_name):

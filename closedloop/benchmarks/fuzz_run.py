@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from closedloop.errors import ClosedLoopError
 
 CLEAN, ACCEPTED, NONSENSICAL, TRACEBACK, HANG = "clean", "accepted", "nonsensical", "traceback", "hang"
@@ -80,6 +82,9 @@ def _child(case: Case, folder: Path, checks: dict[str, Callable[..., None]]) -> 
     status = 1
     try:
         os.setpgid(0, 0)
+        # A parent that ran torch has an OpenMP pool this child did not inherit: entering it would
+        # wait for ever on threads that are not there. One thread never enters it.
+        torch.set_num_threads(1)
         os.chdir(folder)
         try:
             case.prepare(folder)
