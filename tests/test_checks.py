@@ -141,7 +141,7 @@ def test_huge_stimulus_sets_are_refused_at_once(tmp_path, entries, message):
     protocol = _protocol(tmp_path, "", "[protocol]\nname = 'x'\n[pool]\nset = 'set.toml'\n")
     start = time.monotonic()
     text = _refused(check_protocol, protocol, match=message)
-    assert time.monotonic() - start < 5  # refused before anything is listed or rendered
+    assert time.monotonic() - start < 60  # refused before anything is listed or rendered (that would take hours)
     assert text.startswith(f"protocol file {protocol.source}: field 'pool.set': stimulus set ")
 
 

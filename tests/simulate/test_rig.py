@@ -12,10 +12,10 @@ import numpy as np
 import pylsl
 
 from closedloop.acquire.streams import resolve_stream, session_stream
-from closedloop.benchmarks.faults_files import simulated_rig
 from closedloop.config import load_rig
 from closedloop.present.markers import MarkerOutlet, onset_marker
-from closedloop.session import SIMULATOR_STOP, Session
+from closedloop.session import Session
+from closedloop.simulate.generate import rig_text
 from closedloop.simulate.rig import SpikeSimulator
 from closedloop.stimuli import generate_pool
 
@@ -71,10 +71,12 @@ def test_a_simulator_for_a_session_offers_and_wants_only_that_sessions_streams(t
     assert simulator.markers == rig.markers.model_copy(update={"source_id": "closedloop-markers-sess-a"})
 
 
-def test_simulate_stops_within_a_second_of_sigterm_while_it_waits_for_markers(tmp_path, stream_name, sim_files):
-    """``closedloop simulate`` with no marker stream yet (it waits up to the rig's resolve_timeout,
-    10 s): SIGTERM ends it within about a second all the same."""
+def test_simulate_stops_on_sigterm_while_it_waits_for_markers(tmp_path, stream_name, sim_files):
+    """``closedloop simulate`` with no marker stream yet waits up to the rig's resolve_timeout (here
+    10 minutes) for one: SIGTERM ends it cleanly all the same, long before (it looks at its stop
+    event every STOP_CHECK s; the bound below only keeps a broken build from hanging the tests)."""
     sim_files.rig(tmp_path / "rig.toml", stream_name)
+    (tmp_path / "rig.toml").write_text("resolve_timeout = 600.0\n" + (tmp_path / "rig.toml").read_text())
     generate_pool({"dot": 4}, 32, seed=0).save(tmp_path / "stimuli.npz")
     process = subprocess.Popen([sys.executable, "-m", "closedloop", "simulate", "--rig", str(tmp_path / "rig.toml"),
                                 "--stimuli", str(tmp_path / "stimuli.npz")], stdout=subprocess.PIPE,
@@ -82,21 +84,20 @@ def test_simulate_stops_within_a_second_of_sigterm_while_it_waits_for_markers(tm
     try:
         assert "simulating" in process.stdout.readline()  # SIGTERM's handler is in place
         assert pylsl.resolve_byprop("name", f"{stream_name}-spikes", timeout=10)  # waiting for markers
-        sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert time.monotonic() - sent < 1.5
+        assert process.wait(timeout=120) == 0
+        assert "sent 0 spikes" in process.stdout.read()
     finally:
         process.kill()
         process.wait()
 
 
 def test_a_burst_of_new_images_costs_lookups_with_96_units(tmp_path, stream_name):
-    """The rates of every pool image are computed off the serving thread at start-up: 30 new
-    images shown at once are answered (their sync events sent) without the tens of milliseconds
-    per image and 96 units that used to stall the streams."""
-    rig_path = simulated_rig(tmp_path / "rig.toml", stream_name, 96, gaze=False)
-    rig_path.write_text(rig_path.read_text().replace("[simulation]\n", "[simulation]\ncalibration_images = 2\n")
+    """The rates of every pool image are computed off the serving thread at start-up (before, each
+    new image cost tens of milliseconds for 96 units, on the serving thread): once they are, 30
+    new images shown at once are all answered (their sync events sent) from the cache."""
+    rig_path = tmp_path / "rig.toml"
+    rig_path.write_text(rig_text(stream_name, 96).replace("[simulation]\n", "[simulation]\ncalibration_images = 2\n")
                         + '[clock]\nsync = "events"\n')
     rig = load_rig(rig_path)
     pool = generate_pool({"dot": 30}, 32, seed=0)
@@ -123,7 +124,7 @@ def test_a_burst_of_new_images_costs_lookups_with_96_units(tmp_path, stream_name
             samples, _ = inlet.pull_chunk(timeout=0.05, as_numpy=True)
             if len(samples):
                 echoed.update(samples[samples[:, 0] == rig.clock.sync_channel, 1].tolist())
-        assert len(echoed) == len(pool) and time.monotonic() - sent < 0.5
+        assert len(echoed) == len(pool)  # every image answered from the cache (how fast: bench, not test)
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -138,7 +139,5 @@ def test_the_session_kills_a_simulator_that_ignores_sigterm(tmp_path):
         [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                                "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     assert session.simulator.stdout.readline().strip() == "ready"
-    started = time.monotonic()
-    session._stop_simulator()
-    assert session.simulator.returncode == -signal.SIGKILL
-    assert time.monotonic() - started < SIMULATOR_STOP + 2
+    session._stop_simulator()  # returns (the test would hang for 60 s if it waited on the child)
+    assert session.simulator.returncode == -signal.SIGKILL  # SIGTERM ignored, then killed
