@@ -106,6 +106,43 @@ class SimFiles:
         path.write_text(protocol_text(presentations))
 
 
+class Processes:
+    """Looking at the processes a run started (psutil), for tests that kill it."""
+
+    @staticmethod
+    def running(process) -> bool:
+        """Still running (a zombie has ended: nobody may be left to reap it once its parent died)."""
+        import psutil
+
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    @staticmethod
+    def left_after(children: list, seconds: float) -> list[str]:
+        """The command lines of ``children`` still running ``seconds`` from now (returning as soon
+        as none is); those are then killed, so a test leaves nothing behind whatever it asserts."""
+        import psutil
+
+        deadline = time.monotonic() + seconds
+        while any(Processes.running(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = []
+        for process in filter(Processes.running, children):
+            try:
+                left.append(" ".join(process.cmdline()))
+                process.kill()
+            except psutil.Error:  # it ended just now
+                pass
+        return left
+
+
+@pytest.fixture(scope="session")
+def processes() -> type[Processes]:
+    return Processes
+
+
 @pytest.fixture(scope="session")
 def sim_files() -> type[SimFiles]:
     return SimFiles

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -250,16 +249,8 @@ def test_a_lost_stream_ends_the_run_cleanly_or_flags_every_window(lost):
         assert summary["gap_responses"] >= LOST_PRESENTATIONS - LOST_AT - 2
 
 
-def _running(process: psutil.Process) -> bool:
-    """Still running (a zombie has ended: nobody may be left to reap it once its parent died)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.fixture(scope="module")
-def killed(tmp_path_factory, sim_files, wait_until):
+def killed(tmp_path_factory, sim_files, wait_until, processes):
     """``closedloop run`` killed with SIGKILL once ``KILL_AFTER`` responses are on disk:
     (session directory, its record as the kill left it, the processes the run had started
     (children and theirs, by parentage), the command lines of those still running
@@ -281,16 +272,7 @@ def killed(tmp_path_factory, sim_files, wait_until):
     finally:
         run.kill()
         run.wait()
-    deadline = time.monotonic() + EXIT_DEADLINE
-    while any(_running(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    lingering = []
-    for process in filter(_running, children):  # leave nothing behind, whatever the test says
-        try:
-            lingering.append(" ".join(process.cmdline()))
-            process.kill()
-        except psutil.Error:  # it ended just now
-            pass
+    lingering = processes.left_after(children, EXIT_DEADLINE)
     (session,) = (tmp / "sessions").iterdir()
     return session, read_session(session), children, lingering
 

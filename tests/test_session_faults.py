@@ -29,14 +29,6 @@ KILL_AT = 8  # presentations shown before the simulator is killed
 INTERRUPT_AT = 8  # presentations on disk before Ctrl-C
 
 
-def _running(process: psutil.Process) -> bool:
-    """Still running (a zombie has ended: nobody may be left to reap it once its parent died)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _files(tmp, sim_files, presentations: int):
     sim_files.rig(tmp / "rig.toml", f"cltest-faults-{uuid.uuid4().hex[:8]}")
     sim_files.protocol(tmp / "protocol.toml", presentations)
@@ -49,7 +41,7 @@ def _run_command(protocol, rig, out, log, **options) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("when", ["simulator", "worker"])
-def test_a_parent_killed_with_sigkill_leaves_no_child(tmp_path, sim_files, wait_until, when):
+def test_a_parent_killed_with_sigkill_leaves_no_child(tmp_path, sim_files, wait_until, processes, when):
     """``closedloop run`` killed as soon as its simulator (or its model worker too) exists: every
     process it started ends within ``ORPHAN_DEADLINE`` s."""
     protocol, rig = _files(tmp_path, sim_files, 40)
@@ -60,7 +52,7 @@ def test_a_parent_killed_with_sigkill_leaves_no_child(tmp_path, sim_files, wait_
         wanted = {"simulator": ["simulate"], "worker": ["simulate", "spawn_main"]}[when]
 
         def started() -> bool:
-            lines = [" ".join(p.cmdline()) for p in parent.children(recursive=True) if _running(p)]
+            lines = [" ".join(p.cmdline()) for p in parent.children(recursive=True) if processes.running(p)]
             return all(any(w in line for line in lines) for w in wanted) or run.poll() is not None
 
         wait_until(started, f"the run starts its {when}", timeout=120, poll=0.01)
@@ -69,18 +61,14 @@ def test_a_parent_killed_with_sigkill_leaves_no_child(tmp_path, sim_files, wait_
     finally:
         run.kill()
         run.wait()
-    deadline = time.monotonic() + ORPHAN_DEADLINE
-    while any(_running(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    lingering = [" ".join(p.cmdline()) for p in children if _running(p)]
-    for process in filter(_running, children):  # leave nothing behind, whatever the test says
-        process.kill()
+    lingering = processes.left_after(children, ORPHAN_DEADLINE)
     assert not lingering, f"still running {ORPHAN_DEADLINE:g} s after the run was killed: {lingering}"
 
 
 @pytest.mark.parametrize("child, error", [("simulate", "simulator exited with status -9: "),
                                           ("spawn_main", "model worker exited with status -9")])
-def test_a_killed_child_ends_the_run_in_one_line_beside_a_foreign_outlet(tmp_path, sim_files, child, error):
+def test_a_killed_child_ends_the_run_in_one_line_beside_a_foreign_outlet(tmp_path, sim_files, processes, child,
+                                                                       error):
     """An orphaned outlet of the rig's spike stream name (another source_id) is never picked up:
     the session counts its own simulator's spikes. When the simulator (or the model worker) is
     killed mid-run, the run ends within ``NOTICED`` s with a one-line error naming its exit and a
@@ -109,7 +97,8 @@ def test_a_killed_child_ends_the_run_in_one_line_beside_a_foreign_outlet(tmp_pat
     assert summary["presentations"] == len(record.markers) <= KILL_AT + protocol.trial.images
     assert summary["responses"] == len(record.responses) > 0 and summary["spikes"] == len(record.spikes) > 0
     assert summary["units"] == ["curvature", "dot", "orientation"] and "frames" in summary
-    started = [" ".join(p.cmdline()) for p in psutil.Process().children() if _running(p) and p.pid not in before]
+    started = [" ".join(p.cmdline()) for p in psutil.Process().children()
+               if processes.running(p) and p.pid not in before]
     assert not [line for line in started if "resource_tracker" not in line]  # (multiprocessing's own, shared)
 
 
