@@ -20,6 +20,18 @@ def acquisition_clock(t: np.ndarray) -> np.ndarray:
     return OFFSET + (1 + DRIFT) * np.asarray(t)
 
 
+def assert_aligned(received: np.ndarray, spikes: np.ndarray, onsets: np.ndarray) -> None:
+    """Every spike on our clock where it was fired. A spike pulled while the map has one pair
+    (before the second onset's sync arrives; where LSL splits the chunk is up to LSL) goes
+    through that pair at slope 1: off by the drift over its distance from the first onset at
+    most. From the second pair on the drift is fitted: within a microsecond."""
+    error = np.abs(np.sort(received) - spikes)
+    early = spikes < onsets[1]
+    assert len(received) == len(spikes)
+    assert np.all(error[early] <= DRIFT * (spikes[early] - onsets[0]) + 1e-6)
+    assert error[~early].max() < 1e-6
+
+
 def test_clock_map_recovers_offset_and_drift():
     clock = ClockMap()
     onsets = 5000.0 + np.arange(50) * 0.25
@@ -75,9 +87,7 @@ def test_spikes_over_lsl_are_aligned_within_a_millisecond(stream_name):
     inlet.stop()
     received = np.concatenate(got)
     assert len(received) == len(spikes) and not np.any(received[:, 1] == 0)  # syncs are not spikes
-    error = np.abs(np.sort(received[:, 0]) - spikes)
-    assert error.max() < 1e-3  # the requirement; in practice it is far smaller
-    assert error.max() < 1e-6
+    assert_aligned(received[:, 0], spikes, onsets)  # the requirement is a millisecond
     assert clock.pairs == len(onsets) and inlet.clock_events == 0
 
 
@@ -134,7 +144,7 @@ def test_a_step_in_the_sync_residuals_starts_a_new_segment_and_is_reported():
 def test_spikes_over_lsl_follow_a_clock_step_ahead_and_back(stream_name):
     """Real LSL: the acquisition stamps (spikes and syncs) step 5 s ahead and back; the inlet sees
     each jump, the map starts a new segment there, and every spike still lands where it was
-    fired, within a microsecond; each step is reported once, with its size."""
+    fired (see assert_aligned); each step is reported once, with its size."""
     spec = StreamSpec(name=stream_name, type="Spikes")
     outlet = pylsl.StreamOutlet(spike_stream_info(spec, stream_name))
     info = resolve_stream(spec, timeout=5)
@@ -164,8 +174,7 @@ def test_spikes_over_lsl_follow_a_clock_step_ahead_and_back(stream_name):
     outlet.push_chunk(samples.astype(np.int32), acquisition_clock(stamps) + stepped)
     assert done.wait(10), "spikes did not arrive"
     inlet.stop()
-    received = np.sort(np.concatenate(got))
-    assert len(received) == len(spikes) and np.abs(received - spikes).max() < 1e-6
+    assert_aligned(np.concatenate(got), spikes, onsets)
     moved = 5.0 / (1 + DRIFT)  # s of this clock
     assert [s["seconds"] for s in steps] == [pytest.approx(moved), pytest.approx(-moved)]
     assert [s["cause"] for s in steps] == ["clock_jump", "clock_backwards"]
