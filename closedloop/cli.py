@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import signal
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from closedloop.config import load_protocol, load_rig
+from closedloop.config import load_protocol, load_rig, with_metadata
 from closedloop.errors import ClosedLoopError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -58,9 +57,37 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _session_dir(out: Path, name: str) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return out / f"{stamp}_{name}"
+def _session_dir(out: Path, protocol, rig) -> Path:
+    """A new session's directory: ``sub-<subject>_ses-<start>-<protocol>`` (see closedloop.record.naming)."""
+    from closedloop.record.naming import session_dirname, session_id
+
+    return out / session_dirname(session_id(protocol.protocol.name), rig.subject.id)
+
+
+def _metadata_options(command):
+    """``--subject-id`` ... ``--lab``: the archive's subject and lab fields, over the rig file's."""
+    options = [
+        click.option("--subject-id", help="Subject id (letters, digits, hyphens); over the rig's [subject] id."),
+        click.option("--species", help="Subject species, Latin binomial (Macaca mulatta)."),
+        click.option("--sex", type=click.Choice(["M", "F", "U", "O"]), help="Subject sex."),
+        click.option("--age", help="Subject age, ISO 8601 duration (P7Y)."),
+        click.option("--experimenter", multiple=True, help="'Last, First'; repeat for several."),
+        click.option("--institution", help="Institution."),
+        click.option("--lab", help="Lab."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _metadata(options: dict) -> dict:
+    """The ``_metadata_options`` given, as ``with_metadata``'s subject and lab fields."""
+    subject = {"id": options.pop("subject_id"), "species": options.pop("species"), "sex": options.pop("sex"),
+               "age": options.pop("age")}
+    lab = {"experimenter": list(options.pop("experimenter")) or None, "institution": options.pop("institution"),
+           "lab": options.pop("lab")}
+    return {"subject": {k: v for k, v in subject.items() if v is not None},
+            "lab": {k: v for k, v in lab.items() if v is not None}}
 
 
 def _progress_table(progress, title: str) -> Table:
@@ -89,7 +116,7 @@ def _run(protocol, rig, out: Path, title: str, session: Path | None = None) -> d
     from closedloop.session import run_session
 
     resume = session is not None
-    session = session or _session_dir(out, protocol.protocol.name)
+    session = session or _session_dir(out, protocol, rig)
     shown = []
 
     def show(progress) -> None:
@@ -116,12 +143,14 @@ def _run(protocol, rig, out: Path, title: str, session: Path | None = None) -> d
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sessions"), show_default=True,
               help="Directory that receives the session directory.")
 @click.option("--strategy", default=None, help="Override the protocol's selection strategy.")
-def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None) -> None:
+@_metadata_options
+def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None, **metadata) -> None:
     """Run PROTOCOL on a rig; prints the session summary as JSON."""
     import json
 
     proto = _with_strategy(load_protocol(protocol), strategy)
-    summary = _run(proto, load_rig(rig_path), out, f"{proto.protocol.name} ({proto.selection.strategy})")
+    rig = with_metadata(load_rig(rig_path), **_metadata(metadata))
+    summary = _run(proto, rig, out, f"{proto.protocol.name} ({proto.selection.strategy})")
     click.echo(json.dumps(summary, indent=2))
 
 
@@ -138,13 +167,18 @@ def resume(session: Path) -> None:
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
-@click.option("--nwb", "nwb_path", required=True, type=click.Path(path_type=Path), help="NWB file to write.")
+@click.option("--nwb", "nwb_path", default=None, type=click.Path(path_type=Path),
+              help="NWB file to write.  [default: sub-<subject>/sub-<subject>_ses-<session>_<modalities>.nwb "
+                   "beside SESSION, as DANDI's organize names it]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
-def export(session: Path, nwb_path: Path, overwrite: bool) -> None:
-    """Write SESSION as NWB: units, presentations, stimulus images, protocol and rig."""
+@_metadata_options
+def export(session: Path, nwb_path: Path | None, overwrite: bool, **metadata) -> None:
+    """Write SESSION as NWB an archive (DANDI) accepts: subject, units and electrodes, presentations,
+    trials, stimulus images, gaze and other streams, decisions, protocol and rig. Subject and lab
+    fields come from the session's rig.json; the options below replace them."""
     from closedloop.record.nwb import export_nwb
 
-    console.print(f"wrote {export_nwb(session, nwb_path, overwrite=overwrite)}")
+    console.print(f"wrote {export_nwb(session, nwb_path, overwrite=overwrite, **_metadata(metadata))}")
 
 
 @main.command()
@@ -214,9 +248,10 @@ def simulate(rig_path: Path, stimuli: Path, session_id: str | None) -> None:
               default=PROJECT / "protocols" / "demo.toml", show_default=True)
 @click.option("--rig", "rig_path", type=click.Path(path_type=Path),
               default=PROJECT / "rigs" / "sim.toml", show_default=True)
-def demo(out: Path, protocol_path: Path, rig_path: Path) -> None:
+@_metadata_options
+def demo(out: Path, protocol_path: Path, rig_path: Path, **metadata) -> None:
     """The closed loop on the simulated rig: model-chosen images against random ones."""
-    protocol, rig = load_protocol(protocol_path), load_rig(rig_path)
+    protocol, rig = load_protocol(protocol_path), with_metadata(load_rig(rig_path), **_metadata(metadata))
     summaries = [
         _run(_with_strategy(protocol, strategy), rig, out, f"demo: {strategy}")
         for strategy in dict.fromkeys([protocol.selection.strategy, "random"])

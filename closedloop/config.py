@@ -17,6 +17,7 @@ closedloop but :mod:`closedloop.errors`.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -217,6 +218,52 @@ class RigInfo(Strict):
     simulated: bool = False
 
 
+def _duration(text: str) -> str:
+    if not re.fullmatch(r"P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?", text):
+        raise ValueError(f"{text!r} is not an ISO 8601 duration such as P7Y (years), P30D (days)")
+    return text
+
+
+ArchiveId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$",
+                                 description="letters, digits and hyphens: it goes into file names "
+                                 "(sub-<id>_ses-<id>) as DANDI's organize makes them")]
+"""A subject or session id an archive accepts in a file name."""
+
+
+class SubjectSpec(Strict):
+    """The animal: what an archive (DANDI) needs to know about whose cortex this is.
+
+    ``species`` is a Latin binomial (``Macaca mulatta``) or an NCBI taxonomy URL; ``age`` an
+    ISO 8601 duration (``P7Y``: seven years, ``P30D``: thirty days); ``sex`` M, F, U (unknown) or O
+    (other). Every field may also come from the command line (``--subject-id`` ...).
+    """
+
+    id: ArchiveId | None = None
+    species: Annotated[str, Field(pattern=r"^([A-Z][a-z]+ [a-z]+|https?://\S+)$",
+                                  description="Latin binomial or NCBI taxonomy URL")] | None = None
+    sex: Literal["M", "F", "U", "O"] | None = None
+    age: Annotated[str, AfterValidator(_duration), Field(description="ISO 8601 duration, e.g. P7Y")] | None = None
+    description: Name | None = None
+
+
+class LabSpec(Strict):
+    """Who recorded, where: ``experimenter`` as ``Last, First`` names."""
+
+    experimenter: list[Name] = Field([], max_length=50)
+    institution: Name | None = None
+    lab: Name | None = None
+
+
+class RecordingSpec(Strict):
+    """The recording hardware, for the NWB file's Device, ElectrodeGroup and electrodes table: one
+    electrode per spike-stream channel the units use."""
+
+    device: Name = "acquisition system"
+    manufacturer: Name | None = None
+    location: Name = Field("V4", description="brain area of the electrodes")
+    description: Name = "electrode array"
+
+
 class Rig(Strict):
     """A validated rig file."""
 
@@ -237,6 +284,11 @@ class Rig(Strict):
     photodiode: PhotodiodeSpec | None = None
     gaze: StreamSpec | None = Field(None, description="eye position: channels x, y in degrees "
                                     "right and up of the fixation point")
+    record: list[StreamSpec] = Field([], max_length=64, description="more LSL streams recorded as they "
+                                     "arrive, beside spikes, gaze and photodiode (any numeric stream)")
+    subject: SubjectSpec = SubjectSpec()
+    lab: LabSpec = LabSpec()
+    recording: RecordingSpec = RecordingSpec()
     simulation: SimulationSpec | None = None
     source: Path | None = Field(default=None, exclude=True)
 
@@ -253,6 +305,9 @@ class Rig(Strict):
         if self.spikes.lost_after <= self.stall_after:
             raise ValueError(f"spikes.lost_after ({self.spikes.lost_after} s) must be more than stall_after "
                              f"({self.stall_after} s): a lost stream has stalled first")
+        names = [s.name for s in (self.spikes, self.photodiode, self.gaze, *self.record) if s is not None]
+        if len(set(names)) < len(names):
+            raise ValueError(f"a stream is named twice among spikes, photodiode, gaze and record: {names}")
         patch = self.display.photodiode_patch
         if patch is not None and patch.size_px > min(self.display.size_px):
             raise ValueError(f"display.photodiode_patch.size_px ({patch.size_px}) is larger than the screen")
@@ -397,6 +452,9 @@ class ProtocolInfo(Strict):
     presentations: Annotated[int, Field(gt=0, le=MANY)] = 300
     on_frames: Annotated[int, Field(gt=0, le=1000, description="frames an image is on, at most 1000")] = 6
     off_frames: Annotated[int, Field(ge=1, le=1000, description="frames of grey after it, at most 1000")] = 4
+    description: Name | None = Field(None, description="what the experiment is for (the NWB file's "
+                                     "experiment_description)")
+    keywords: list[Name] = Field([], max_length=50)
 
 
 class SelectionSpec(Strict):
@@ -515,6 +573,27 @@ def load_protocol(path: Path | str) -> Protocol:
     if model.core.path is not None:
         model = model.model_copy(update={"core": model.core.model_copy(update={"path": (base / model.core.path).resolve()})})
     return protocol.model_copy(update={"model": model})
+
+
+def with_metadata(rig: Rig, subject: dict | None = None, lab: dict | None = None) -> Rig:
+    """``rig`` with subject and lab fields replaced by those given (the command line's ``--subject-id``
+    ...), each checked as the rig file's would be.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the option: ``--species: String should match pattern ...``.
+    """
+    update = {}
+    for table, given, model in (("subject", subject, SubjectSpec), ("lab", lab, LabSpec)):
+        if given:
+            try:
+                update[table] = model.model_validate({**getattr(rig, table).model_dump(), **given})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                name = {"id": "subject-id"}.get(str(first["loc"][0]), str(first["loc"][0]).replace("_", "-"))
+                raise ClosedLoopError(f"--{name}: {' '.join(first['msg'].removeprefix('Value error, ').split())}") from None
+    return rig.model_copy(update=update)
 
 
 def to_jsonable(config: BaseModel) -> dict:

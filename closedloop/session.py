@@ -10,11 +10,13 @@ rig, the model worker, the inlets, the presenter, the writer), so its guarantees
 
 * **No orphans.** The simulator and the model worker die with this process, even under SIGKILL,
   and ignore Ctrl-C (:mod:`closedloop.children`): the session stops them.
-* **Its own streams.** Outlets are found by session-specific source_ids
-  (:func:`closedloop.acquire.streams.session_stream`): the marker outlet is
-  ``closedloop-markers-<session directory name>``; a simulated rig's simulator serves that
-  session alone and its outlets are pinned likewise, so an orphaned or foreign outlet of the same
-  name is never picked up. A real rig's streams are pinned as its rig file says.
+* **Its own streams.** The marker outlet's source_id is the rig's, the same in every session
+  (:func:`closedloop.acquire.streams.marker_stream`: a recorder can pin it in advance), and its
+  ``<desc>`` names the session (its directory name); a simulated rig's simulator serves that
+  session alone (it takes only the marker outlet that names its session) and its outlets are
+  found by session-specific source_ids (:func:`closedloop.acquire.streams.session_stream`), so an
+  orphaned or foreign outlet of the same name is never picked up. A real rig's streams are
+  pinned as its rig file says.
 * **Faults end the run in one line.** After every presentation and between trials the session
   looks at its children and streams: a simulator that exited (its status and the last line of
   ``simulator.log``), a model worker that failed (its own error) or exited (its status), an inlet
@@ -47,8 +49,9 @@ import pylsl
 
 from closedloop.acquire.gaze import GazeInlet
 from closedloop.acquire.photodiode import PhotodiodeInlet
+from closedloop.acquire.recorded import RecordedInlet
 from closedloop.acquire.spikes import SpikeInlet
-from closedloop.acquire.streams import resolve_stream, session_stream
+from closedloop.acquire.streams import InletThread, marker_stream, resolve_stream, session_stream, stream_header
 from closedloop.align.clock import ClockMap
 from closedloop.align.windows import Response as Window
 from closedloop.align.windows import ResponseAligner
@@ -63,6 +66,7 @@ from closedloop.present.geometry import Layout
 from closedloop.present.markers import MarkerOutlet
 from closedloop.present.trials import Item, TrialOutcome, run_trial
 from closedloop.record import SessionRecord, SessionWriter, check_resumable, read_session
+from closedloop.record.naming import archive_id
 from closedloop.record.session import ADDED
 from closedloop.select.policy import RoleSchedule
 from closedloop.select.registry import make_strategy
@@ -201,6 +205,7 @@ class Session:
         self.inlet: SpikeInlet | None = None
         self.photodiode: PhotodiodeInlet | None = None
         self.gaze: GazeInlet | None = None
+        self.recorded: list[RecordedInlet] = []  # the rig's [[record]] streams
         self.aligner: ResponseAligner | None = None
         self.clock: ClockMap | None = None
         self.presenter = None
@@ -302,7 +307,8 @@ class Session:
 
     def _releases(self) -> list[tuple[str, Callable[[], object]]]:
         """What :meth:`close` stops, in order: acquisition, children, outlets, the record."""
-        steps = [(stream.name, stream.stop) for stream in (self.inlet, self.photodiode, self.gaze) if stream]
+        steps = [(stream.name, stream.stop) for stream in (self.inlet, self.photodiode, self.gaze, *self.recorded)
+                 if stream]
         if self.worker is not None:
             steps.append(("model worker", self.worker.terminate))
         if self.simulator is not None:
@@ -352,17 +358,19 @@ class Session:
     def _start_children(self) -> dict[str, pylsl.StreamInfo]:
         """The marker outlet, the simulator (simulated rig) and the streams it or the rig offers."""
         rig = self.rig
-        self.markers = MarkerOutlet(rig.markers, session_stream(rig.markers, "markers", self.id).source_id)
+        self.markers = MarkerOutlet(rig.markers, marker_stream(rig).source_id, session_id=self.id, rig=rig.rig.name,
+                                    pool_index=self.pool.index)
         if rig.rig.simulated:
             self.simulator = start_simulator(rig.source, self.path / "stimuli.npz", self.id,
                                              self.path / SIMULATOR_LOG)
-        return {role: self._resolve(spec, role) for role, spec in
-                (("spikes", rig.spikes), ("photodiode", rig.photodiode), ("gaze", rig.gaze)) if spec is not None}
+        return {**{role: self._resolve(spec, role) for role, spec in
+                   (("spikes", rig.spikes), ("photodiode", rig.photodiode), ("gaze", rig.gaze)) if spec is not None},
+                **{f"record:{spec.name}": self._resolve(spec, "record") for spec in rig.record}}
 
     def _resolve(self, spec: StreamSpec, role: str) -> pylsl.StreamInfo:
         """The rig's stream of ``role``; a simulated rig's is its own simulator's (waiting for it to
-        start, or to fail)."""
-        if self.simulator is None:
+        start, or to fail). A ``[[record]]`` stream (role ``record``) is never the simulator's."""
+        if self.simulator is None or role == "record":
             return resolve_stream(spec, self.rig.resolve_timeout)
         spec = session_stream(spec, role, self.id)
         deadline = time.monotonic() + SIMULATOR_START
@@ -392,25 +400,40 @@ class Session:
                                       pylsl.local_clock())
 
     def _start_acquisition(self, infos: dict[str, pylsl.StreamInfo]) -> None:
-        """The aligner and the inlets (photodiode, spikes, gaze), and the role schedule."""
+        """The aligner and the inlets (photodiode, spikes, gaze, the ``[[record]]`` streams: every one but the
+        spikes recorded to ``streams/``), and the role schedule."""
         protocol, rig, p = self.protocol, self.rig, self.protocol.protocol
         self.aligner = ResponseAligner([(u.channel, u.unit) for u in self.units], protocol.window.start,
                                        protocol.window.end, rig.photodiode.max_delay if rig.photodiode else 0.1)
         self.clock = ClockMap(on_step=self._on_stream_event) if rig.clock.sync == "events" else None
         if "photodiode" in infos:
             self.photodiode = PhotodiodeInlet(infos["photodiode"], rig.photodiode, self.aligner.add_light,
-                                              max_latency=rig.max_latency, on_event=self._on_stream_event)
-            self.photodiode.start()
+                                              max_latency=rig.max_latency, on_event=self._on_stream_event,
+                                              on_samples=functools.partial(self.writer.samples, "photodiode"))
+            self._start_recorded(self.photodiode, "photodiode", "photodiode")
         self.inlet = SpikeInlet(infos["spikes"], self._on_spikes, self._on_tick, rig.max_latency, rig.spikes,
                                 channels=max(u.channel for u in self.units), clock=self.clock,
                                 sync_channel=rig.clock.sync_channel, on_event=self._on_stream_event,
                                 stall_after=rig.stall_after, on_gap=self.aligner.add_gap)
         self.inlet.start()
         if "gaze" in infos:
-            self.gaze = GazeInlet(infos["gaze"], on_event=self._on_stream_event)
-            self.gaze.start()
+            self.gaze = GazeInlet(infos["gaze"], on_event=self._on_stream_event,
+                                  on_samples=functools.partial(self.writer.samples, "gaze"))
+            self._start_recorded(self.gaze, "gaze", "gaze")
+        for role, info in infos.items():
+            if role.startswith("record:"):
+                key = archive_id(info.name())
+                self.recorded.append(RecordedInlet(info, functools.partial(self.writer.samples, key),
+                                                   on_event=self._on_stream_event))
+                self._start_recorded(self.recorded[-1], key, "record")
         self.schedule = RoleSchedule(protocol.heldout.every, protocol.selection.control_fraction, self.candidates,
                                      self.heldout, p.seed + 2)
+
+    def _start_recorded(self, inlet: InletThread, key: str, role: str) -> None:
+        """Write the header of ``inlet``'s stream (``streams/<key>.json``), then start it: its samples
+        go to ``streams/<key>.bin`` as they arrive."""
+        self.writer.stream_header(key, stream_header(inlet.info(), key, role))
+        inlet.start()
 
     # ---------------------------------------------------------------- watching --
     def _check(self) -> None:
@@ -419,7 +442,8 @@ class Session:
         self._handle(self.worker.messages())
         self.worker.check_alive()
         self._check_simulator()
-        for stream, what in ((self.inlet, "spike"), (self.photodiode, "photodiode"), (self.gaze, "gaze")):
+        for stream, what in ((self.inlet, "spike"), (self.photodiode, "photodiode"), (self.gaze, "gaze"),
+                             *((recorded, "recorded") for recorded in self.recorded)):
             if stream is not None and stream.error is not None:
                 raise ClosedLoopError(f"{what} stream {stream.name!r}: {_one_line(stream.error)}")
 
@@ -562,7 +586,7 @@ class Session:
         while self.aligner is not None and self.aligner.pending and self._acquiring() \
                 and time.monotonic() < deadline:
             time.sleep(0.01)
-        for stream in (self.inlet, self.photodiode, self.gaze):
+        for stream in (self.inlet, self.photodiode, self.gaze, *self.recorded):
             if stream is not None:
                 stream.stop()
         if self.worker is not None and self.worker.process.is_alive():
@@ -594,6 +618,7 @@ class Session:
             "strategy_finished": progress.finished, "strategy_state": progress.strategy_state,
             "turnaround_ms": turnaround_summary(progress.turnaround_ms),
             "clock": clock_summary(rig, self.clock, progress.clock_events),
+            "stream_samples": {key: len(stream.times) for key, stream in record.streams.items()},
         }
         if error is not None:
             summary["error"] = error

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from closedloop.record.naming import parse_dirname
 from closedloop.stimuli import generate_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,18 +105,29 @@ def test_demo_compares_model_chosen_with_random(tmp_path, stream_name, sim_files
     (tmp_path / "protocol.toml").write_text(
         (tmp_path / "protocol.toml").read_text().replace('strategy = "random"', 'strategy = "disagreement"'))
     result = closedloop("demo", "--protocol", tmp_path / "protocol.toml", "--rig", tmp_path / "rig.toml",
-                        "--out", tmp_path / "sessions")
+                        "--out", tmp_path / "sessions", "--subject-id", "M7")
     assert result.returncode == 0, result.stderr
     assert "model-chosen vs random images" in result.stdout
     for strategy in ("disagreement", "random"):
         assert f"{strategy}: " in result.stdout and "deadline misses" in result.stdout
     sessions = sorted((tmp_path / "sessions").iterdir())
     assert len(sessions) == 2 and all((s / "summary.json").exists() for s in sessions)
+    for session in sessions:  # named as an archive names them, with the subject given on the command line
+        assert parse_dirname(session.name)[0] == "M7" and session.name.endswith("-short")
+        assert json.loads((session / "rig.json").read_text())["subject"]["id"] == "M7"
     for session in sessions:  # the learner's core (the scratch CNN: no shared data needed), recorded and shown
         core = json.loads((session / "summary.json").read_text())["core"]
         assert core.startswith("scratch") and f"core {core}, session {session}" in result.stdout
     for unit in ("curvature", "dot", "orientation"):
         assert unit in result.stdout
+
+
+def test_a_bad_subject_field_on_the_command_line_is_one_line(tmp_path, sim_files, stream_name):
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
+    sim_files.protocol(tmp_path / "protocol.toml", 10)
+    result = closedloop("run", tmp_path / "protocol.toml", "--rig", tmp_path / "rig.toml", "--out", tmp_path / "s",
+                        "--species", "monkey")
+    assert error_line(result).startswith("closedloop: error: --species: ") and not (tmp_path / "s").exists()
 
 
 def _small_session(path: Path) -> None:
@@ -124,7 +136,8 @@ def _small_session(path: Path) -> None:
     from closedloop.record import SessionWriter
 
     pool = generate_pool({"dot": 3, "grating": 3}, 32, seed=0)
-    rig = {"rig": {"name": "lab"}, "recorded_units": [{"name": "a", "channel": 1, "unit": 1},
+    rig = {"rig": {"name": "lab"}, "subject": {"id": "M1", "species": "Macaca mulatta", "sex": "U", "age": "P5Y"},
+           "recorded_units": [{"name": "a", "channel": 1, "unit": 1},
                                                        {"name": "b", "channel": 2, "unit": 1}]}
     protocol = to_jsonable(Protocol.model_validate({"protocol": {"name": "p"}}))
     writer = SessionWriter(path, protocol, rig, pool)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from closedloop.config import load_protocol, load_rig
+from closedloop.config import load_protocol, load_rig, with_metadata
 from closedloop.errors import ClosedLoopError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +121,13 @@ RIG_DEFECTS = [
     ("[gaze]\nname = ' '\ntype = 'Gaze'\n", "gaze.name"),
     ("[[units]]\nname = 'b'\nchannel = 2147483648\n", "units.1.channel"),
     ("[[units]]\nname = ''\nchannel = 2\n", "units.1.name"),
+    ("[subject]\nid = 'M_1'\n", "subject.id"),  # an underscore would split sub-<id>_ses-<id>
+    ("[subject]\nspecies = 'monkey'\n", "subject.species"),
+    ("[subject]\nsex = 'male'\n", "subject.sex"),
+    ("[subject]\nage = '7 years'\n", "subject.age"),
+    ("[subject]\nage = 'P'\n", "subject.age"),
+    ("[lab]\nexperimenter = ['']\n", "lab.experimenter.0"),
+    ("[[record]]\nname = 'r'\n", "record.0.type"),
 ]
 SIMULATION_DEFECTS = [
     ("baseline_rate = inf\n", "simulation.baseline_rate"),
@@ -147,6 +154,7 @@ def test_simulation_values_that_broke_runs_are_refused(tmp_path, values, field):
     ("stall_after = 5.0\n[spikes]\nname = 's'\ntype = 'Spikes'\nlost_after = 5.0\n",
      r"spikes.lost_after \(5.0 s\) must be more than stall_after \(5.0 s\)"),
     ("[display]\nsize_px = [800, 600]\nphotodiode_patch = { size_px = 700 }\n", "photodiode_patch.size_px .* larger"),
+    ("[[record]]\nname = 'closedloop-spikes'\ntype = 'Reward'\n", "a stream is named twice"),
 ])
 def test_rig_cross_field_checks(tmp_path, text, message):
     _assert_one_line_naming(load_rig, tmp_path / "rig.toml", f"{text}[rig]\nname = 'r'\n{UNITS}", message)
@@ -169,6 +177,24 @@ def test_unreadable_files_are_one_line(tmp_path, name, content, message):
     with pytest.raises(ClosedLoopError, match=message) as info:
         load_rig(path)
     assert str(info.value).startswith(f"rig file {path}: ") and "\n" not in str(info.value)
+
+
+def test_subject_and_lab_come_from_the_rig_or_the_command_line(tmp_path):
+    """The rig file's [subject] and [lab], replaced field by field by command-line values, each
+    checked as the file's are, with one line naming the option."""
+    path = tmp_path / "rig.toml"
+    path.write_text(f"[rig]\nname = 'r'\n{UNITS}[subject]\nid = 'M1'\nspecies = 'Macaca mulatta'\nage = 'P7Y'\n"
+                    "[lab]\ninstitution = 'Somewhere'\n")
+    rig = load_rig(path)
+    assert (rig.subject.id, rig.subject.species, rig.subject.age, rig.subject.sex) == ("M1", "Macaca mulatta", "P7Y", None)
+    rig = with_metadata(rig, {"id": "M2", "sex": "F"}, {"experimenter": ["Doe, Jane"]})
+    assert (rig.subject.id, rig.subject.species, rig.subject.sex) == ("M2", "Macaca mulatta", "F")
+    assert rig.lab.experimenter == ["Doe, Jane"] and rig.lab.institution == "Somewhere"
+    for subject, option in (({"species": "monkey"}, "--species"), ({"id": "M 2"}, "--subject-id"),
+                            ({"age": "seven"}, "--age")):
+        with pytest.raises(ClosedLoopError, match=f"^{option}: ") as info:
+            with_metadata(rig, subject)
+        assert "\n" not in str(info.value)
 
 
 def test_config_is_a_leaf():

@@ -23,15 +23,20 @@ class GazeInlet(InletThread):
         The resolved gaze stream; at least two numeric channels.
     on_event : callable(dict), optional
         Receives ``clock_offset_changed`` (:class:`~closedloop.acquire.streams.InletThread`).
+    on_samples : callable(times, values), optional
+        Receives each chunk as pulled (to record it): times (n,) s on this machine's clock,
+        values (n, channels).
     """
 
-    def __init__(self, info: pylsl.StreamInfo, on_event: Callable[[dict], None] | None = None):
+    def __init__(self, info: pylsl.StreamInfo, on_event: Callable[[dict], None] | None = None,
+                 on_samples: Callable[[np.ndarray, np.ndarray], None] | None = None):
         kind = "string" if info.channel_format() == pylsl.cf_string else "numeric"
         if info.channel_count() < 2 or kind == "string":
             raise ClosedLoopError(f"LSL stream {info.name()!r}: a gaze stream needs 2 numeric channels "
                                   f"(x, y in degrees); found {info.channel_count()} {kind}")
         super().__init__(info, max_buflen=10, thread_name="gaze-inlet", on_event=on_event)
         self._latest = (-np.inf, np.nan, np.nan)  # (s on this machine's clock, x, y degrees)
+        self._on_samples = on_samples
         self.samples = 0
 
     def latest(self) -> tuple[float, float, float]:
@@ -52,6 +57,9 @@ class GazeInlet(InletThread):
             samples, stamps = self._inlet.pull_chunk(timeout=PULL_TIMEOUT, as_numpy=True)
             self._refresh_offset()
             if len(stamps):
+                stamps = stamps + self.offset
                 x, y = np.asarray(samples)[-1, :2]
-                self._latest = (float(stamps[-1]) + self.offset, float(x), float(y))
+                self._latest = (float(stamps[-1]), float(x), float(y))
                 self.samples += len(stamps)
+                if self._on_samples is not None:
+                    self._on_samples(stamps, samples)

@@ -50,10 +50,14 @@ class PhotodiodeInlet(InletThread):
         is known.
     on_event : callable(dict), optional
         Receives ``clock_offset_changed`` (:class:`~closedloop.acquire.streams.InletThread`).
+    on_samples : callable(times, values), optional
+        Receives each chunk as pulled (to record it): times (n,) s on this machine's clock,
+        values (n, channels).
     """
 
     def __init__(self, info: pylsl.StreamInfo, spec: PhotodiodeSpec, on_light: Callable[[float], None],
-                 max_latency: float = 0.05, on_event: Callable[[dict], None] | None = None):
+                 max_latency: float = 0.05, on_event: Callable[[dict], None] | None = None,
+                 on_samples: Callable[[np.ndarray, np.ndarray], None] | None = None):
         if spec.format == "analog" and (info.nominal_srate() <= 0 or info.channel_count() <= spec.channel):
             raise ClosedLoopError(f"LSL stream {info.name()!r}: an analog photodiode needs a regular rate "
                                   f"and channel {spec.channel}; found {info.channel_count()} channels at "
@@ -61,6 +65,7 @@ class PhotodiodeInlet(InletThread):
         super().__init__(info, max_buflen=60, thread_name="photodiode-inlet", on_event=on_event)
         self.spec = spec
         self._on_light = on_light
+        self._on_samples = on_samples
         self.max_latency = max_latency
         self.covered_until = -np.inf  # s, local clock: every light change before this is known
         self.changes = 0
@@ -73,6 +78,8 @@ class PhotodiodeInlet(InletThread):
             pulled = pylsl.local_clock()
             self._refresh_offset()
             stamps = stamps + self.offset
+            if len(stamps) and self._on_samples is not None:
+                self._on_samples(stamps, samples)
             if self.spec.format == "events":
                 lights = stamps
                 heard = pulled - self.max_latency  # nothing newer by now: none before max_latency ago

@@ -12,6 +12,7 @@ import pylsl
 from closedloop.acquire.streams import InletThread, check_spike_stream
 from closedloop.align.clock import ClockMap
 from closedloop.config import SpikeStreamSpec
+from closedloop.errors import ClosedLoopError
 
 PULL_TIMEOUT = 0.005  # s
 MAX_CHUNK = 65536  # samples per pull
@@ -53,7 +54,9 @@ class SpikeInlet(InletThread):
         The stream's format (default: ``events``). A ``counts`` stream is
         turned into spikes: a sample stamped ``t`` with ``k`` in stream
         channel ``c`` (from 1) gives ``k`` spikes on (c, 1) at the bin's
-        centre, ``t - 0.5 / rate``; timing is then only as fine as the bins.
+        centre, ``t - 0.5 / rate``; timing is then only as fine as the bins. A count that is
+        not a whole number (1.7 in a float stream) or is negative ends the inlet with a
+        ``ClosedLoopError`` naming the stream (in ``error``), never a truncated count.
     channels : int
         For ``counts``: the highest stream channel the rig's units name.
     clock : ClockMap, optional
@@ -260,9 +263,14 @@ class SpikeInlet(InletThread):
         if self.spec.format == "events":
             return stamps, samples[:, 0], samples[:, 1]
         rows, cols = np.nonzero(samples)
-        counts = samples[rows, cols].astype(np.int64)
+        values = samples[rows, cols]
+        counts = values.astype(np.int64)
+        if np.any(counts != values):  # truncating 1.7 to 1 spike would lose data silently
+            raise ClosedLoopError(f"LSL stream {self.name!r}: format 'counts' needs whole spike counts, "
+                                  f"found {values[counts != values][0]:g}")
         if np.any(counts < 0):
-            raise ValueError(f"negative spike count in stream {self.name!r}")
+            raise ClosedLoopError(f"LSL stream {self.name!r}: format 'counts' found a negative spike count "
+                                  f"({counts.min()})")
         times = np.repeat(stamps[rows] - self.half_bin, counts)
         order = np.argsort(times, kind="stable")
         channels = np.repeat(cols + 1, counts)[order]

@@ -11,7 +11,7 @@ Times are seconds on the stimulus PC's LSL clock; counts are spikes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +24,12 @@ from closedloop.stimuli import StimulusPool
 SPIKE_DTYPE = np.dtype([("time", "<f8"), ("channel", "<i4"), ("unit", "<i4")])  # spikes.bin: s, LSL clock
 FRAME_DTYPE = np.dtype("<f8")  # frames.bin: every flip, s, LSL clock
 BINARY = {"spikes": SPIKE_DTYPE, "frames": FRAME_DTYPE}  # name.bin: fixed-size records
+STREAMS = "streams"  # folder of the recorded LSL streams: <key>.json (header) and <key>.bin (samples)
+
+
+def stream_dtype(channels: int) -> np.dtype:
+    """``streams/<key>.bin``'s rows: time (s, LSL clock) and one float64 value per channel, little-endian."""
+    return np.dtype([("time", "<f8"), ("values", "<f8", (channels,))])
 
 INT32 = 2**31  # indices and counts fit int32 (the arrays readers build from them)
 Index = Annotated[int, Field(ge=0, lt=INT32)]
@@ -238,6 +244,31 @@ class Manifest(_Record):
         return digests
 
 
+class StreamHeader(_Record):
+    """``streams/<key>.json``: a recorded LSL stream as its outlet described it, written when the
+    stream is opened, before any of its samples."""
+
+    key: Annotated[str, Field(pattern="^[A-Za-z0-9-]+$", description="the file name's stem")]
+    role: Literal["gaze", "photodiode", "record"] = Field(description="what the session uses it for")
+    name: str
+    type: str
+    source_id: str
+    hostname: str
+    channel_count: Annotated[int, Field(gt=0, le=1024)]
+    nominal_srate: Annotated[float, Field(ge=0, allow_inf_nan=False, description="Hz, 0: irregular")]
+    labels: list[str] = Field(description="one per channel")
+    units: list[str] = Field(description="one per channel, '' when the outlet gave none")
+    types: list[str] = Field(description="one per channel, '' when the outlet gave none")
+
+    @field_validator("labels", "units", "types")
+    @classmethod
+    def _one_per_channel(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        channels = info.data.get("channel_count")
+        if channels is not None and len(values) != channels:
+            raise ValueError(f"{len(values)} entries for {channels} channels")
+        return values
+
+
 JSON_FILES: dict[str, type[_Record]] = {"protocol.json": Protocol, "rig.json": Rig, "summary.json": Summary,
                                         MANIFEST: Manifest}
 
@@ -278,6 +309,37 @@ def _short(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+@dataclass(frozen=True)
+class RecordedStream:
+    """A recorded LSL stream: its header (:class:`StreamHeader`) and its samples."""
+
+    header: dict
+    times: np.ndarray  # (n,) float64, s, LSL clock of the stimulus PC
+    values: np.ndarray  # (n, channel_count) float64
+
+    @property
+    def labels(self) -> list[str]:
+        return self.header["labels"]
+
+    @property
+    def units(self) -> list[str]:
+        return self.header["units"]
+
+    @property
+    def role(self) -> str:
+        """``gaze``, ``photodiode`` or ``record`` (a rig's ``[[record]]`` stream)."""
+        return self.header["role"]
+
+    @property
+    def name(self) -> str:
+        return self.header["name"]
+
+    @property
+    def rate(self) -> float:
+        """Nominal sampling rate, Hz (0: irregular)."""
+        return self.header["nominal_srate"]
+
+
 @dataclass
 class SessionRecord:
     """Everything a session directory holds, read back and checked
@@ -296,3 +358,4 @@ class SessionRecord:
     frames: np.ndarray  # every flip, s (float64)
     summary: dict | None  # None when the run was killed before it ended
     manifest: dict | None = None  # session.json; None for sessions from before it was written
+    streams: dict[str, RecordedStream] = field(default_factory=dict)  # streams/, by key; {} for older sessions

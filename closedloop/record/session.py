@@ -21,6 +21,14 @@ flushed as it happens, so a killed run keeps everything completed):
 ``accuracy.jsonl`` held-out prediction accuracy over time
 ``events.jsonl``   trials (fixation breaks, rewards, no fixation), deadline
                    misses, stream gaps, warnings and errors
+``streams/``       every recorded LSL stream beside spikes (gaze, photodiode and
+                   the rig's ``[[record]]`` streams), by key (``gaze``,
+                   ``photodiode``, or the stream's file-safe name):
+                   ``<key>.json`` its header (name, type, source_id, host,
+                   rate, channel labels, units, types; written when the
+                   stream is opened), ``<key>.bin`` its samples as
+                   little-endian float64 rows: time (s, LSL clock of the
+                   stimulus PC), then one value per channel
 ``summary.json``   written at the end: counts, deadline misses, accuracy
 ``session.json``   written at creation: a session id and the SHA-256 of
                    ``protocol.json``, ``rig.json`` and ``stimuli.npz`` (see
@@ -50,8 +58,8 @@ from closedloop.errors import ClosedLoopError
 from closedloop.record.atomic import replacing, write_atomic
 from closedloop.record.checks import check_consistent
 from closedloop.record.manifest import MANIFEST, write_manifest
-from closedloop.record.schema import (BINARY, FRAME_DTYPE, JSON_FILES, LOGS, SPIKE_DTYPE, SessionRecord,
-                                     binary_problem, problem)
+from closedloop.record.schema import (BINARY, FRAME_DTYPE, JSON_FILES, LOGS, SPIKE_DTYPE, STREAMS, RecordedStream,
+                                     SessionRecord, StreamHeader, binary_problem, problem, stream_dtype)
 from closedloop.stimuli import StimulusPool, read_added
 
 log = logging.getLogger(__name__)
@@ -64,8 +72,8 @@ REQUIRED = ("protocol.json", "rig.json", "stimuli.npz", *(f"{name}.jsonl" for na
 class SessionWriter:
     """Appends records to a session directory from a background thread.
 
-    Callers never wait on the disk: :meth:`log`, :meth:`spikes` and
-    :meth:`frames` only enqueue. Each record is written and flushed as soon as the thread gets it.
+    Callers never wait on the disk: :meth:`log`, :meth:`spikes`, :meth:`frames` and
+    :meth:`samples` only enqueue. Each record is written and flushed as soon as the thread gets it.
 
     Parameters
     ----------
@@ -108,8 +116,13 @@ class SessionWriter:
         """Append to an existing session (``closedloop resume``).
 
         A record cut short by a killed run is removed first, so appended
-        records start on a fresh line; ``summary.json`` is removed until the
-        session ends again.
+        records start on a fresh line (a stream's row: its size from the stream's header);
+        ``summary.json`` is removed until the session ends again.
+
+        Raises
+        ------
+        ClosedLoopError
+            A ``streams/<key>.bin`` without a readable header (one line naming the file).
         """
         self = cls.__new__(cls)
         self.path = Path(path)
@@ -120,9 +133,9 @@ class SessionWriter:
         for name, dtype in BINARY.items():
             binary = self.path / f"{name}.bin"
             binary.touch()  # sessions from before frames were recorded
-            size = binary.stat().st_size
-            with open(binary, "r+b") as f:
-                f.truncate(size - size % dtype.itemsize)
+            _truncate_partial(binary, dtype)
+        for binary in _stream_files(self.path, ".bin"):
+            _truncate_partial(binary, stream_dtype(_read_header(binary)["channel_count"]))
         (self.path / "summary.json").unlink(missing_ok=True)
         self._open()
         return self
@@ -130,6 +143,7 @@ class SessionWriter:
     def _open(self) -> None:
         self._files = {name: open(self.path / f"{name}.jsonl", "a") for name in LOGS}
         self._binary = {name: open(self.path / f"{name}.bin", "ab") for name in BINARY}
+        self._streams: dict[str, np.dtype] = {}  # key: its rows; their files are in _binary as streams/<key>
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="session-writer", daemon=True)
         self._thread.start()
@@ -158,6 +172,52 @@ class SessionWriter:
     def frames(self, flips: np.ndarray) -> None:
         """Append flip times (s, LSL clock) to ``frames.bin``."""
         self._queue.put(("frames", np.asarray(flips, FRAME_DTYPE)))
+
+    def stream_header(self, key: str, header: dict) -> None:
+        """Open the recorded stream ``key``: write ``streams/<key>.json`` (atomically, now) and
+        open ``streams/<key>.bin`` for :meth:`samples`. A resumed session keeps the header it has
+        (the stream must have as many channels as before).
+
+        Raises
+        ------
+        ValueError
+            A header that does not fit :class:`~closedloop.record.schema.StreamHeader` or whose
+            ``key`` is not ``key``: a bug in the caller, never written.
+        ClosedLoopError
+            ``key`` is already open (two streams with the same file-safe name), or the resumed
+            session recorded it with another channel count.
+        """
+        _check(f"{STREAMS}/{key}.json", StreamHeader, header)
+        if header["key"] != key:
+            raise ValueError(f"{STREAMS}/{key}.json record: field 'key' is {header['key']!r}")
+        file = self.path / STREAMS / f"{key}.json"
+        if key in self._streams:
+            raise ClosedLoopError(f"session file {file}: two streams are recorded as {key!r} (stream "
+                                  f"{header['name']!r}); their file-safe names must differ")
+        if file.exists():
+            recorded = _read_header(file.with_suffix(".bin"))["channel_count"]
+            if recorded != header["channel_count"]:
+                raise ClosedLoopError(f"session file {file}: stream {header['name']!r} now has "
+                                      f"{header['channel_count']} channels; it was recorded with {recorded}")
+        else:
+            file.parent.mkdir(exist_ok=True)
+            write_atomic(file, json.dumps(header, indent=2))
+        self._streams[key] = stream_dtype(header["channel_count"])
+        self._binary[f"{STREAMS}/{key}"] = open(file.with_suffix(".bin"), "ab")  # before any of its samples
+
+    def samples(self, key: str, times: np.ndarray, values: np.ndarray) -> None:
+        """Append samples to ``streams/<key>.bin`` (opened by :meth:`stream_header`).
+
+        Parameters
+        ----------
+        times : ndarray, shape (n,)
+            s, LSL clock of the stimulus PC.
+        values : ndarray, shape (n, channel_count)
+            The samples as pulled.
+        """
+        block = np.empty(len(times), self._streams[key])
+        block["time"], block["values"] = times, values
+        self._queue.put((f"{STREAMS}/{key}", block))
 
     def flush(self) -> None:
         """Return once everything queued so far is on disk."""
@@ -195,18 +255,57 @@ def _check(name: str, model: type, record: object) -> None:
         raise ValueError(f"{name} record: {why}")
 
 
+def _truncate_partial(binary: Path, dtype: np.dtype) -> None:
+    """Cut a final partial record (a killed run's) off ``binary``."""
+    size = binary.stat().st_size
+    with open(binary, "r+b") as f:
+        f.truncate(size - size % dtype.itemsize)
+
+
+def _stream_files(path: Path, suffix: str) -> list[Path]:
+    """``streams/*<suffix>`` of session ``path`` (none in sessions from before streams were
+    recorded); hidden files (a temporary file a kill left mid-write) are not the stream's."""
+    folder = path / STREAMS
+    return sorted(f for f in folder.glob(f"*{suffix}") if not f.name.startswith(".")) if folder.is_dir() else []
+
+
+def _read_header(binary: Path) -> dict:
+    """The header of ``streams/<key>.bin``: ``<key>.json``, checked, its ``key`` the file's."""
+    file = binary.with_suffix(".json")
+    if not file.exists():
+        raise ClosedLoopError(f"session file {binary}: no header {file.name} beside it (its rows cannot be read)")
+    header = _parse(_bytes(file), StreamHeader, f"session file {file}")
+    if header["key"] != file.stem:
+        raise ClosedLoopError(f"session file {file}: field 'key': {header['key']!r} is not the file's "
+                              f"{file.stem!r}")
+    return header
+
+
+def _read_streams(path: Path) -> dict[str, RecordedStream]:
+    """Every recorded stream of session ``path``, by key; a stream opened before it sent a sample has none."""
+    keys = {f.stem for f in (*_stream_files(path, ".json"), *_stream_files(path, ".bin"))}
+    streams = {}
+    for key in sorted(keys):
+        binary = path / STREAMS / f"{key}.bin"
+        header = _read_header(binary)
+        rows = _read_binary(binary, stream_dtype(header["channel_count"]))
+        streams[key] = RecordedStream(header, rows["time"].copy(), rows["values"].copy())
+    return streams
+
+
 def read_session(path: Path | str) -> SessionRecord:
     """Read a session directory, complete or cut short by a killed run, and check it.
 
     A record a kill cut short (the last line of a log without its newline, a final partial
-    binary record) is dropped with a logged warning; any other damage is refused.
+    binary record or stream row) is dropped with a logged warning; any other damage is refused.
 
     Raises
     ------
     ClosedLoopError
         One line naming the file, line and field: a missing file, bytes that are not UTF-8,
         a line that is not a JSON object, a record that does not fit its schema
-        (:mod:`closedloop.record.schema`), an unreadable pool, or records that contradict
+        (:mod:`closedloop.record.schema`), an unreadable pool, a recorded stream without a valid
+        header (``streams/<key>.json``), or records that contradict
         each other (:func:`closedloop.record.checks.check_consistent`).
     """
     path = Path(path)
@@ -226,6 +325,7 @@ def read_session(path: Path | str) -> SessionRecord:
         frames=_read_binary(path / "frames.bin", FRAME_DTYPE),
         summary=files["summary.json"],
         manifest=files[MANIFEST],
+        streams=_read_streams(path),
     )
     check_consistent(record)
     return record

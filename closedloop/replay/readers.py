@@ -21,8 +21,9 @@ import json
 import logging
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 from xml.etree.ElementTree import Element, ParseError, fromstring
 
 import numpy as np
@@ -34,6 +35,7 @@ from closedloop.record.session import SPIKE_DTYPE
 from closedloop.replay.recording import Recording
 
 OFFSET_LABELS = frozenset({"offset", "off", "blank", ""})
+T = TypeVar("T")
 
 
 def _spikes(times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> np.ndarray:
@@ -520,6 +522,57 @@ class XdfReader(Reader):
         return record, [_unit(path, label, c, 1) for c, label in enumerate(labels, 1)]
 
 
+# ------------------------------------------------------ closedloop NWB exports --
+NWB_ERRORS = (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError)
+"""What h5py, pynwb and pandas raise on a damaged or foreign HDF5 file (UnicodeDecodeError and JSON
+errors are ValueErrors)."""
+
+
+def is_closedloop_export(path: Path) -> bool:
+    """Whether ``path`` is an NWB file written by ``closedloop export`` (its ``data_collection``
+    bookkeeping names the export format)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            text = f["general/data_collection"][()] if "general/data_collection" in f else b""
+            text = text.decode() if isinstance(text, bytes) else str(text)
+    except NWB_ERRORS as exc:
+        raise ClosedLoopError(f"{path}: unreadable NWB (HDF5) file ({one_line(exc)})") from None
+    return '"closedloop_nwb_export"' in text
+
+
+def read_export(path: Path, parse: Callable[[Path, object], T]) -> T:
+    """``parse(path, nwbfile)`` on a ``closedloop export`` opened with pynwb; a one-line error
+    naming ``path`` when it cannot be read or lacks what ``parse`` takes from it."""
+    from hdmf.build.errors import ConstructError
+    from pynwb import NWBHDF5IO
+
+    try:
+        with NWBHDF5IO(str(path), "r") as io:
+            return parse(path, io.read())
+    except (*NWB_ERRORS, ConstructError) as exc:
+        raise ClosedLoopError(f"{path}: not a readable closedloop NWB export ({one_line(exc)})") from None
+
+
+def export_recording(path: Path, nwb) -> Recording:
+    """The recorded units, their spikes and the presentations of an open ``closedloop export``, on
+    the session's LSL clock (file time + ``lsl_t0``); presentations keep ``pool_index``, ``role``
+    and ``aborted`` from its ``presentations`` table."""
+    t0 = json.loads(nwb.data_collection)["lsl_t0"]
+    rows = nwb.units.to_dataframe()
+    recorded = rows[rows["recorded"]]
+    units = [UnitSpec(name=str(r.unit_name), channel=int(r.channel), unit=int(r.unit)) for r in recorded.itertuples()]
+    spikes = np.concatenate([_spikes(np.asarray(r.spike_times) + t0, int(r.channel), int(r.unit))
+                             for r in recorded.itertuples()] or [np.empty(0, SPIKE_DTYPE)])
+    table = nwb.intervals["presentations"].to_dataframe()
+    presentations = [{"index": int(r.presentation), "stimulus": str(r.stimulus_id), "onset": float(r.start_time) + t0,
+                      "offset": float(r.stop_time) + t0, "pool_index": int(r.pool_index), "role": str(r.role),
+                      "aborted": bool(r.aborted)} for r in table.itertuples()]
+    return Recording(units=units, spikes=spikes[np.argsort(spikes["time"], kind="stable")],
+                     presentations=sorted(presentations, key=lambda p: p["onset"]), source=path)
+
+
 # ----------------------------------------------------------------------- neo --
 NEO_OPEN = {"neo.io.nixio.NixIO": {"mode": "ro"}}  # read-only where the IO would open for writing
 
@@ -560,6 +613,7 @@ class NeoReader(Reader):
     ``channel`` and ``unit`` annotations, else by name, else by position);
     where any lacks integer ``channel``/``unit`` (or ``channel_id``/``unit_id``)
     annotations, units are numbered channel 1..n, unit 1, in file order.
+    A closedloop NWB export needs no option: its own tables are read.
     """
 
     extensions = _neo_extensions()
@@ -567,7 +621,8 @@ class NeoReader(Reader):
     directories = True
     options = {
         "events": "name of the neo Event or Epoch with the stimulus onsets (labels: stimulus ids "
-                  "or closedloop markers; an Epoch's durations give offsets)",
+                  "or closedloop markers; an Epoch's durations give offsets); not needed for a "
+                  "closedloop NWB export, whose presentations table is read",
         "log": "a stimulus log on the recording's clock instead: .jsonl like markers.jsonl, "
                "or .csv with index, stimulus, onset[, offset]",
         "block": "which neo Block to read (default 0)",
@@ -575,8 +630,12 @@ class NeoReader(Reader):
 
     def read(self, path: Path, events: str | None = None, log: Path | str | None = None,
              block: int = 0) -> Recording:
-        """Read a neo-readable recording (times in seconds)."""
+        """Read a neo-readable recording (times in seconds); a ``closedloop export`` without
+        options is read with pynwb instead (:func:`export_recording`: its units, spikes and
+        presentations table, on the session's LSL clock)."""
         path = Path(path)
+        if events is None and log is None and path.suffix.lower() == ".nwb" and is_closedloop_export(path):
+            return read_export(path, export_recording)
         if (events is None) == (log is None):
             raise ClosedLoopError(f"{path}: say where the stimulus onsets are: events=NAME (an event "
                                   "channel in the file) or log=FILE (a stimulus log), one of them")

@@ -5,7 +5,9 @@ The spike outlet has the live spike stream's format (one int32
 :func:`closedloop.acquire.streams.spike_stream_info`), so a live
 :class:`closedloop.acquire.spikes.SpikeInlet` reads it as it reads a rig; the
 marker outlet sends closedloop's JSON onset and offset markers
-(:mod:`closedloop.present.markers`). Recording time ``t`` goes out stamped
+(:mod:`closedloop.present.markers`, with its numeric companion). Both describe themselves
+as closedloop's live outlets do (channel labels, the recording's units by name, the
+recording's folder or file as ``<closedloop><session_id>``). Recording time ``t`` goes out stamped
 ``start + (t - t_first) / speed`` on this machine's LSL clock, pushed when that
 time comes (``t_first``: the earliest spike or onset), so any LSL tool
 (LabRecorder, the live system, ``closedloop responses`` on what it recorded)
@@ -80,9 +82,13 @@ def republish(recording: Recording, spikes: StreamSpec, markers: StreamSpec, spe
     if not speed > 0:
         raise ValueError(f"speed must be positive, got {speed}")
     stop = stop or threading.Event()
-    spike_outlet = pylsl.StreamOutlet(spike_stream_info(spikes, spikes.source_id or f"closedloop-republish-"
-                                                        f"{spikes.name}"), chunk_size=0, max_buffered=60)
-    marker_outlet = MarkerOutlet(markers, markers.source_id or f"closedloop-republish-{markers.name}")
+    own = {"session_id": recording.source.name}
+    spike_info = spike_stream_info(spikes, spikes.source_id or f"closedloop-republish-{spikes.name}", recording.units,
+                                   model="replay", own=own)
+    spike_outlet = pylsl.StreamOutlet(spike_info, chunk_size=0, max_buffered=60)
+    pool_index = {p["stimulus"]: p["pool_index"] for p in recording.presentations if "pool_index" in p}
+    marker_outlet = MarkerOutlet(markers, markers.source_id or f"closedloop-republish-{markers.name}",
+                                 session_id=recording.source.name, pool_index=pool_index.__getitem__)
     try:
         deadline = time.monotonic() + wait
         if wait > 0:

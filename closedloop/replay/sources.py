@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from closedloop.checks import check_rig, check_strategy
 from closedloop.config import Protocol, SimulationSpec, UnitSpec, load_protocol, load_rig
-from closedloop.errors import ClosedLoopError, one_line
+from closedloop.errors import ClosedLoopError
 from closedloop.stimuli.candidates import split_pool
-from closedloop.record.session import ADDED, SPIKE_DTYPE, read_session
-from closedloop.replay.readers import read_recording
+from closedloop.record.session import ADDED, read_session
+from closedloop.replay.readers import export_recording, is_closedloop_export, read_export, read_recording
 from closedloop.replay.recording import Recording, session_recording
 from closedloop.stimuli import StimulusPool, read_added
 
@@ -122,7 +122,7 @@ def open_source(path: Path | str, protocol: Path | None = None, pool: Path | Non
     path = Path(path)
     if path.is_dir() and (path / "protocol.json").exists():
         return _session(path)
-    if path.suffix.lower() == ".nwb" and not options and _is_export(path):
+    if path.suffix.lower() == ".nwb" and not options and is_closedloop_export(path):
         return _nwb_export(path)
     if protocol is None or pool is None:
         raise ClosedLoopError(f"{path}: a recording made elsewhere needs --protocol (model, selection, "
@@ -157,60 +157,29 @@ def _session(path: Path) -> ReplaySource:
 
 
 # -------------------------------------------------------------- NWB exports --
-NWB_ERRORS = (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError)
-"""What h5py, pynwb and pandas raise on a damaged or foreign HDF5 file (UnicodeDecodeError and JSON
-errors are ValueErrors)."""
-
-
-def _is_export(path: Path) -> bool:
-    """Whether ``path`` is an NWB file written by ``closedloop export``."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            text = f["general/data_collection"][()] if "general/data_collection" in f else b""
-            text = text.decode() if isinstance(text, bytes) else str(text)
-    except NWB_ERRORS as exc:
-        raise ClosedLoopError(f"{path}: unreadable NWB (HDF5) file ({one_line(exc)})") from None
-    return '"closedloop_nwb_export"' in text
-
-
 def _read_export(path: Path) -> tuple[Recording, Protocol, StimulusPool, list[tuple[float, float]]]:
     """A ``closedloop export`` on the session's LSL clock: its recorded units, spikes and
     presentations (``pool_index`` into the returned pool: the images shown, in pool order),
     its protocol, and its spike gaps."""
-    from hdmf.build.errors import ConstructError
-    from pynwb import NWBHDF5IO
-
-    try:
-        with NWBHDF5IO(str(path), "r") as io:
-            return _parse_export(path, io.read())
-    except (*NWB_ERRORS, ConstructError) as exc:
-        raise ClosedLoopError(f"{path}: not a readable closedloop NWB export ({one_line(exc)})") from None
+    return read_export(path, _parse_export)
 
 
 def _parse_export(path: Path, nwb) -> tuple[Recording, Protocol, StimulusPool, list[tuple[float, float]]]:
     """What :func:`_read_export` returns, from the open NWB file."""
-    t0 = json.loads(nwb.data_collection)["lsl_t0"]
+    book = json.loads(nwb.data_collection)
+    t0, params = book["lsl_t0"], book["stimulus_params"]
     protocol = _protocol(path, json.loads(nwb.protocol))
-    rows = nwb.units.to_dataframe()
+    recording = export_recording(path, nwb)
     table = nwb.intervals["presentations"].to_dataframe()
     images = nwb.stimulus_template["stimuli"]
-    shown = {name: np.asarray(images.images[name].data[:]) for name in images.images}
     gaps = [] if nwb.invalid_times is None else [
         (a + t0, b + t0) for a, b in zip(nwb.invalid_times["start_time"][:], nwb.invalid_times["stop_time"][:])]
-    recorded = rows[rows["recorded"]]
-    units = [UnitSpec(name=str(r.unit_name), channel=int(r.channel), unit=int(r.unit)) for r in recorded.itertuples()]
-    spikes = np.concatenate([_records(np.asarray(r.spike_times) + t0, int(r.channel), int(r.unit))
-                             for r in recorded.itertuples()] or [np.empty(0, SPIKE_DTYPE)])
     first = table.drop_duplicates("pool_index").sort_values("pool_index")
-    pool = StimulusPool(np.stack([shown[sid] for sid in first["stimulus_id"]]), list(first["family"]),
-                        [json.loads(p) for p in first["params"]])
+    pool = StimulusPool(np.stack([np.asarray(images.images[sid].data[:]) for sid in first["stimulus_id"]]),
+                        list(first["family"]), [params[sid] for sid in first["stimulus_id"]])
     position = {int(k): i for i, k in enumerate(first["pool_index"])}
-    presentations = [{"index": int(r.presentation), "stimulus": str(r.stimulus_id), "onset": float(r.start_time) + t0,
-                      "offset": float(r.stop_time) + t0, "pool_index": position[int(r.pool_index)],
-                      "role": str(r.role), "aborted": bool(r.aborted)} for r in table.itertuples()]
-    recording = Recording(units=units, spikes=spikes, presentations=presentations, source=path)
+    for p in recording.presentations:
+        p["pool_index"] = position[p["pool_index"]]
     return recording, protocol, pool, gaps
 
 
@@ -227,13 +196,11 @@ def _nwb_export(path: Path) -> ReplaySource:
 
 
 def open_recording(path: Path | str, **options) -> Recording:
-    """Units, spikes and presentations of a session directory, a closedloop NWB export or any
-    recording :func:`read_recording` reads (with its ``options``)."""
+    """Units, spikes and presentations of a session directory, or any recording
+    :func:`read_recording` reads (with its ``options``; a closedloop NWB export needs none)."""
     path = Path(path)
     if path.is_dir() and (path / "protocol.json").exists():
         return session_recording(read_session(path))
-    if path.suffix.lower() == ".nwb" and not options and _is_export(path):
-        return _read_export(path)[0]
     return read_recording(path, **options)
 
 
@@ -247,12 +214,6 @@ def _protocol(path: Path, data: dict) -> Protocol:
                               f"{error['msg']}") from None
     check_strategy(protocol)
     return protocol
-
-
-def _records(times: np.ndarray, channel: int, unit: int) -> np.ndarray:
-    out = np.empty(len(times), SPIKE_DTYPE)
-    out["time"], out["channel"], out["unit"] = times, channel, unit
-    return out
 
 
 # --------------------------------------------------------------- recordings --

@@ -90,6 +90,8 @@ def _summary(records: list[SessionRecord], labels: list[str]) -> str:
                 f"{median(last.get('r_observed'))} / {median(last.get('r_true'))} "
                 f"after {last.get('responses', 0)} responses",
             "selection turnaround median (ms)": median([s.get("turnaround_ms") for s in record.selections]),
+            "recorded streams (samples)": ", ".join(f"{key} {len(s.times)}" for key, s in record.streams.items())
+                                          or "-",
         }
         for key, value in fields.items():
             rows.setdefault(key, []).append(value)
@@ -120,6 +122,7 @@ def _session(record: SessionRecord, label: str, k: int) -> list[str]:
     parts += [html.heading(3, "Response matrix"), _matrix(record, units)]
     parts += [html.heading(3, "Chosen images"), _chosen(record)]
     parts += [html.heading(3, "Hypothesis posteriors"), _posteriors(record)]
+    parts += [html.heading(3, "Recorded streams"), _streams(record)]
     parts += [html.heading(3, "Timing"), html.table([list(row) for row in timing.rows(record)]),
               html.figure(figures.png(timing.figure(record)), "timing",
                           "Every frame interval of the run (log scale); dropped frames per presentation, "
@@ -178,6 +181,40 @@ def _posteriors(record: SessionRecord) -> str:
     return (html.paragraph(proposal_line(tested)) if tested else "") + html.figure(
         figures.png(figures.posteriors(x, probabilities)), "hypothesis posteriors",
         "Each hypothesis's posterior probability at every decision of the strategy.")
+
+
+def _streams(record: SessionRecord) -> str:
+    """A table of the LSL streams recorded beside the spikes; the gaze over time; the photodiode's lag."""
+    if not record.streams:
+        return html.paragraph("No LSL stream was recorded beside the spikes.")
+    rows = []
+    for key, s in record.streams.items():
+        span = s.times[-1] - s.times[0] if len(s.times) > 1 else 0.0
+        measured = f"{(len(s.times) - 1) / span:.1f}" if span > 0 else "-"
+        channels = ", ".join(f"{label} ({unit})" if unit else label for label, unit in zip(s.labels, s.units))
+        rows.append([key, s.name, s.header["type"], s.role, channels, len(s.times),
+                     f"{s.rate:g}" if s.rate else "irregular", measured, f"{span:.1f}"])
+    parts = [html.table(rows, ["key", "name", "type", "role", "channels (units)", "samples", "nominal rate (Hz)",
+                               "measured rate (Hz)", "span (s)"])]
+    eye = data.stream(record, "gaze")
+    onsets = data.column(record, "markers", "onset")
+    if eye is not None and len(eye.times) and eye.values.shape[1] >= 2:
+        origin = onsets[0] if onsets else float(eye.times[0])
+        breaks = data.fixation_breaks(record)
+        window = record.protocol.get("trial", {}).get("window_deg")
+        parts.append(html.figure(
+            figures.png(figures.gaze(eye.times - origin, eye.values[:, :2], breaks - origin, window)), "gaze",
+            f"Gaze position (x, y: degrees right and up of fixation), {len(eye.times)} samples of {eye.name!r}; "
+            f"red: the {len(breaks)} trials ended by a fixation break; dashed: the fixation window."))
+    lags = data.photodiode_lags(record) * 1e3
+    found = lags[np.isfinite(lags)]
+    if len(found):
+        parts.append(html.figure(
+            figures.png(figures.photodiode_lags(found)), "photodiode lag",
+            f"Light minus flip from the recorded photodiode trace: {len(found)} of {len(lags)} presentations "
+            f"found a light change, median {np.median(found):.2f} ms, range {found.min():.2f} to "
+            f"{found.max():.2f} ms."))
+    return "".join(parts)
 
 
 def proposal_line(state: dict) -> str:

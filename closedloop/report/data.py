@@ -1,5 +1,5 @@
 """What a report shows, read from a session directory: spikes per unit around each onset, the
-response matrix, accuracy and posterior traces, timing.
+response matrix, accuracy and posterior traces, timing, the recorded gaze and photodiode.
 
 Sessions are read by :func:`closedloop.record.read_session`, which checks every record against
 its schema and the records against each other, so the accessors below rely on the keys the
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from closedloop.acquire.photodiode import light_changes
 from closedloop.record import recorded_units
+from closedloop.record.schema import RecordedStream
 from closedloop.record.session import SessionRecord
 
 
@@ -110,3 +112,33 @@ def proposal(record: SessionRecord) -> dict | None:
     found = [s["state"] for s in record.selections
              if isinstance(s.get("state"), dict) and isinstance(s["state"].get("proposal"), dict)]
     return found[-1] if found else None
+
+
+def stream(record: SessionRecord, role: str) -> RecordedStream | None:
+    """The recorded stream of ``role`` (``gaze``, ``photodiode``), or None when none was recorded."""
+    return next((s for s in record.streams.values() if s.role == role), None)
+
+
+def fixation_breaks(record: SessionRecord) -> np.ndarray:
+    """When each trial ended by a fixation break was logged, s."""
+    return np.array([e["time"] for e in record.events if e.get("kind") == "trial"
+                     and e.get("end") == "fixation_break" and e.get("time") is not None], float)
+
+
+def photodiode_lags(record: SessionRecord) -> np.ndarray:
+    """Light minus flip (s) of every presentation, from the recorded photodiode as the rig's
+    ``[photodiode]`` reads it (an ``analog`` trace rising through ``threshold`` on ``channel``, or
+    ``events``): the first light change within ``max_delay`` s after each marker's flip; empty
+    without a recorded photodiode, NaN where no light change came."""
+    recorded, spec = stream(record, "photodiode"), record.rig.get("photodiode") or {}
+    if recorded is None or not len(recorded.times):
+        return np.zeros(0)
+    if spec.get("format", "analog") == "events":
+        lights = recorded.times
+    else:
+        lights = light_changes(recorded.values[:, spec.get("channel", 0)], recorded.times,
+                               spec.get("threshold", 0.5), None)
+    flips = np.array(column(record, "markers", "onset"), float)
+    first = np.searchsorted(lights, flips)
+    found = np.concatenate([lights, [np.inf]])[first] - flips
+    return np.where(found <= spec.get("max_delay", 0.1), found, np.nan)

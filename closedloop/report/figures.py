@@ -137,3 +137,48 @@ def posteriors(x: np.ndarray, probabilities: dict[str, np.ndarray]) -> Figure:
     ax.set_ylabel("posterior probability")
     ax.legend(fontsize=8)
     return figure
+
+
+GAZE_POINTS = 20_000  # at most drawn per channel (a long session's gaze is thinned evenly)
+
+
+def gaze(times: np.ndarray, xy: np.ndarray, breaks: np.ndarray, window: float | None) -> Figure:
+    """Gaze position over the session with fixation breaks marked.
+
+    Parameters
+    ----------
+    times : ndarray (n,)
+        s from the first presentation's onset.
+    xy : ndarray (n, 2)
+        Degrees right and up of fixation.
+    breaks : ndarray
+        When trials ended by a fixation break (s, same origin).
+    window : float, optional
+        The fixation window radius, degrees (dashed).
+    """
+    figure = Figure(figsize=(9, 3), layout="constrained")
+    ax = figure.subplots()
+    step = max(1, len(times) // GAZE_POINTS)
+    for k, (label, colour) in enumerate((("x", "#4c72b0"), ("y", "#55a868"))):
+        ax.plot(times[::step], xy[::step, k], color=colour, linewidth=0.6, label=f"{label} (degrees)")
+    for k, t in enumerate(breaks):
+        ax.axvline(t, color="#d62728", linewidth=0.8, alpha=0.7, label="fixation break" if k == 0 else None)
+    if window is not None:
+        for sign in (1, -1):
+            ax.axhline(sign * window, color="grey", linestyle="--", linewidth=0.6)
+    ax.set_xlabel("time from the first onset (s)")
+    ax.set_ylabel("gaze (degrees)")
+    ax.legend(fontsize=7, loc="upper right")
+    return figure
+
+
+def photodiode_lags(lags_ms: np.ndarray) -> Figure:
+    """Histogram of light minus flip (ms) from the recorded photodiode."""
+    figure = Figure(figsize=(4, 3), layout="constrained")
+    ax = figure.subplots()
+    ax.hist(lags_ms, bins=30, color="#55a868")
+    ax.axvline(float(np.median(lags_ms)), color="black", linewidth=0.8, label=f"median {np.median(lags_ms):.2f} ms")
+    ax.set_xlabel("light - flip (ms)")
+    ax.set_ylabel("presentations")
+    ax.legend(fontsize=7)
+    return figure

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 BUILTIN = ("curvature", "dot", "orientation")
+SUBJECT: dict[str, Any] = {"id": "sim", "species": "Macaca mulatta", "sex": "U", "age": "P7Y",
+                           "description": "simulated"}
+"""The ``[subject]`` table of a generated rig: everything an archive asks of a subject."""
 
 SHORT_PROTOCOL: dict[str, dict[str, Any]] = {
     "protocol": {"name": "short", "seed": 1, "presentations": 100, "on_frames": 4, "off_frames": 2},
@@ -88,6 +91,6 @@ def rig_text(name: str, neurons: int = 3, gaze: bool = False, **simulation: Any)
     keys replace or add to its ``[simulation]`` table (e.g. ``fixation_breaks``, which needs
     ``gaze``)."""
     tables = {"rig": {"name": name, "simulated": True}, "display": {"backend": "headless"},
-              **stream_tables(name, gaze),
+              **stream_tables(name, gaze), "subject": SUBJECT,
               "simulation": {"seed": 2, "mean_rate": 60.0, **simulation}}
     return toml_tables(tables) + "".join(f"[[simulation.neurons]]\n{_lines(n)}" for n in neuron_tables(neurons))

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pylsl
 
-from closedloop.acquire.streams import count_stream_info, resolve_stream, session_stream, spike_stream_info
+from closedloop.acquire.streams import (count_stream_info, gaze_stream_info, marker_stream, photodiode_stream_info,
+                                        resolve_stream, session_stream, spike_stream_info)
 from closedloop.config import Rig, StreamSpec, UnitSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.present.markers import parse_marker
@@ -68,18 +69,27 @@ class SpikeSimulator:
         Folder of stimuli added during the session (``closedloop.stimuli.write_added``),
         read when a marker names a stimulus the pool lacks.
     session_id : str, optional
-        The session served: its marker stream is found, and the outlets here are given, by that
-        session's source_ids (:func:`closedloop.acquire.streams.session_stream`). Without it, the
-        rig file's source_ids (or ``closedloop-sim-<kind>-<rig name>``) and markers by name.
+        The session served: its marker stream is the rig's
+        (:func:`closedloop.acquire.streams.marker_stream`) whose ``<desc><closedloop><session_id>``
+        is this one (a same-named outlet of another session is refused, and the wait goes on), and
+        the outlets here are given that session's source_ids
+        (:func:`closedloop.acquire.streams.session_stream`). Without it, the rig file's source_ids
+        (or ``closedloop-sim-<kind>-<rig name>``) and markers by name (and the rig's source_id, if set).
+
+    Every outlet describes itself (:func:`closedloop.acquire.streams.outlet_info`): channel labels
+    and units, the simulated units' names, the rig and the session.
     """
 
     def __init__(self, rig: Rig, pool: StimulusPool, added: Path | None = None, session_id: str | None = None):
         from closedloop.simulate.neurons import Population, build_neurons
 
         self.rig, self.sim, self.pool, self.added = rig, rig.simulation, pool, added
-        self.markers = self._pinned(rig.markers, "markers", session_id)
+        self.markers = marker_stream(rig) if session_id is not None else rig.markers
+        self._session = {"closedloop/session_id": session_id} if session_id is not None else {}
+        own = {"session_id": session_id, "rig": rig.rig.name}
         self.population = Population(build_neurons(self.sim), self.sim, pool.images)
-        self.n = len(simulated_units(rig))
+        units = simulated_units(rig)
+        self.n = len(units)
         self.rng = np.random.default_rng(self.sim.seed)
         self._rates: dict[int, np.ndarray] = {}
         self._episodes: list[_Episode] = []
@@ -90,29 +100,28 @@ class SpikeSimulator:
         self.photodiode = None
         if rig.photodiode is not None:
             spec = self._pinned(rig.photodiode, "photodiode", session_id)
-            pd = pylsl.StreamInfo(spec.name, spec.type, 1, self.sim.photodiode_rate, pylsl.cf_float32, spec.source_id)
-            self.photodiode = pylsl.StreamOutlet(pd)
+            self.photodiode = pylsl.StreamOutlet(photodiode_stream_info(spec, spec.source_id, self.sim.photodiode_rate,
+                                                                        own=own))
         self.clock_rate = 1.0 + self.sim.clock_drift_ppm * 1e-6
         self.gaze = None
         if rig.gaze is not None:
             spec = self._pinned(rig.gaze, "gaze", session_id)
-            gaze = pylsl.StreamInfo(spec.name, spec.type, 2, self.sim.gaze_rate, pylsl.cf_float32, spec.source_id)
-            self.gaze = pylsl.StreamOutlet(gaze)
+            self.gaze = pylsl.StreamOutlet(gaze_stream_info(spec, spec.source_id, self.sim.gaze_rate, own=own))
             self._eye_rng = np.random.default_rng(self.sim.seed + 1)
             self._break = (np.inf, np.inf)  # (start, end) s of the next or current fixation break
         self.spikes_sent = 0
         source_id = self._pinned(rig.spikes, "spikes", session_id).source_id
         if rig.spikes.format == "counts":
-            info = count_stream_info(rig.spikes, source_id, self.n, rig.spikes.rate)
+            info = count_stream_info(rig.spikes, source_id, self.n, rig.spikes.rate, units, own=own)
         else:
-            info = spike_stream_info(rig.spikes, source_id)
+            info = spike_stream_info(rig.spikes, source_id, units, own=own)
         self.outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
 
     def _pinned(self, spec: StreamSpec, role: str, session_id: str | None) -> StreamSpec:
-        """The stream of ``role`` as this simulator finds or offers it (see ``session_id``)."""
+        """The stream of ``role`` as this simulator offers it (see ``session_id``)."""
         if session_id is not None:
             return session_stream(spec, role, session_id)
-        if role == "markers" or spec.source_id is not None:
+        if spec.source_id is not None:
             return spec
         return spec.model_copy(update={"source_id": f"closedloop-sim-{role}-{self.rig.rig.name}"})
 
@@ -233,7 +242,8 @@ class SpikeSimulator:
         Raises
         ------
         ClosedLoopError
-            No marker stream within the rig's ``resolve_timeout``.
+            No marker stream (of the session served) within the rig's ``resolve_timeout``; the
+            message says why same-named outlets were refused.
         """
         deadline = time.monotonic() + self.rig.resolve_timeout
         while not stop.is_set():
@@ -241,7 +251,7 @@ class SpikeSimulator:
                     and time.monotonic() < deadline:
                 continue  # none of that name yet (resolve_stream would also list every other stream)
             try:
-                info = resolve_stream(self.markers, STOP_CHECK)
+                info = resolve_stream(self.markers, STOP_CHECK, self._session)
             except ClosedLoopError:
                 if time.monotonic() > deadline:
                     raise

@@ -13,7 +13,9 @@ from closedloop.stimuli import generate_pool
 UNITS = [{"name": "a", "channel": 1, "unit": 1}, {"name": "b", "channel": 2, "unit": 1}]
 PROTOCOL = {"protocol": {"name": "small", "seed": 0, "presentations": 8, "on_frames": 6},
             "window": {"start": 0.05, "end": 0.15}, "selection": {"strategy": "random"}}
-RIG = {"rig": {"name": "lab", "simulated": False}, "display": {"refresh_rate": 60.0}, "recorded_units": UNITS}
+SUBJECT = {"id": "M1", "species": "Macaca mulatta", "sex": "M", "age": "P6Y"}
+RIG = {"rig": {"name": "lab", "simulated": False}, "display": {"refresh_rate": 60.0}, "subject": SUBJECT,
+       "recorded_units": UNITS}
 PRESENTATIONS = 8
 T = 100.0  # s, LSL clock: the first onset
 

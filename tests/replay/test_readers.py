@@ -427,3 +427,29 @@ def test_plain_labels_end_at_the_next_event():
     assert [(p["index"], p["stimulus"], p["onset"], p["offset"]) for p in presentations] == \
            [(0, "a", 1.0, 2.0), (1, "c", 2.5, 3.0), (2, "b", 3.0, None)]
     assert notes == ["1 presentations have no offset event"]
+
+
+def test_a_closedloop_nwb_export_needs_no_options(tmp_path):
+    """`closedloop export`'s file read back with no options: the session's units, spikes and
+    presentations (its presentations table, on the session's clock), not neo's guess."""
+    from closedloop.record import read_session
+    from closedloop.record.nwb import export_nwb
+    from closedloop.replay import session_recording
+    from tests.record.conftest import write_small_session
+
+    session = write_small_session(tmp_path / "s")
+    path = export_nwb(session, tmp_path / "s.nwb")
+    assert reader_for(path) is NeoReader
+    rec, want = read_recording(path), session_recording(read_session(session))
+    assert rec.source == path and rec.units == want.units
+    np.testing.assert_allclose(rec.spikes["time"], want.spikes["time"], rtol=0, atol=1e-9)
+    assert rec.spikes[["channel", "unit"]].tolist() == want.spikes[["channel", "unit"]].tolist()
+    assert [(p["index"], p["stimulus"], p["pool_index"], p["role"]) for p in rec.presentations] == \
+           [(p["index"], p["stimulus"], p["pool_index"], p["role"]) for p in want.presentations]
+    for key in ("onset", "offset"):
+        np.testing.assert_allclose([p[key] for p in rec.presentations], [p[key] for p in want.presentations],
+                                   rtol=0, atol=1e-9)
+    assert [r["counts"] for r in response_table(rec, START, END)] == \
+           [r["counts"] for r in response_table(want, START, END)]
+    by_neo = read_recording(path, events="presentations")  # neo reads the same presentations as an Epoch
+    assert [p["stimulus"] for p in by_neo.presentations] == [p["stimulus"] for p in want.presentations]

@@ -62,13 +62,14 @@ def test_the_simulator_follows_a_marker_outlet_that_restarts(tmp_path, stream_na
 
 def test_a_simulator_for_a_session_offers_and_wants_only_that_sessions_streams(tmp_path, stream_name, sim_files):
     """With a session id its spike outlet carries the session's source_id (found by it), and it
-    listens only to that session's marker outlet."""
+    listens to the rig's marker outlet (the rig's stable source_id; which session's: its desc,
+    tests/present/test_marker_streams.py)."""
     sim_files.rig(tmp_path / "rig.toml", stream_name)
     rig = load_rig(tmp_path / "rig.toml")
     simulator = SpikeSimulator(rig, generate_pool({"dot": 4}, 32, seed=0), session_id="sess-a")
     info = resolve_stream(session_stream(rig.spikes, "spikes", "sess-a"), timeout=5.0)
     assert info.source_id() == "closedloop-spikes-sess-a"
-    assert simulator.markers == rig.markers.model_copy(update={"source_id": "closedloop-markers-sess-a"})
+    assert simulator.markers == rig.markers.model_copy(update={"source_id": f"closedloop-markers-{rig.rig.name}"})
 
 
 def test_simulate_stops_on_sigterm_while_it_waits_for_markers(tmp_path, stream_name, sim_files):
