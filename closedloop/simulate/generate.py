@@ -75,22 +75,24 @@ def neuron_tables(count: int) -> list[dict[str, Any]]:
     return neurons
 
 
-def stream_tables(name: str, gaze: bool = False) -> dict[str, dict[str, Any]]:
-    """Marker, spike and (with ``gaze``) gaze streams named ``name-markers``, ``name-spikes``,
-    ``name-gaze``."""
+def stream_tables(name: str, gaze: bool = False, photodiode: bool = False) -> dict[str, dict[str, Any]]:
+    """Marker, spike and (with ``gaze``, ``photodiode``) gaze and photodiode streams named
+    ``name-markers``, ``name-spikes``, ``name-gaze``, ``name-light``."""
     streams = {"markers": {"name": f"{name}-markers", "type": "Markers"},
                "spikes": {"name": f"{name}-spikes", "type": "Spikes"}}
     if gaze:
         streams["gaze"] = {"name": f"{name}-gaze", "type": "Gaze"}
+    if photodiode:
+        streams["photodiode"] = {"name": f"{name}-light", "type": "Photodiode"}
     return streams
 
 
-def rig_text(name: str, neurons: int = 3, gaze: bool = False, **simulation: Any) -> str:
-    """A headless simulated rig of ``neurons`` built-in units on streams named ``name-*``,
-    strongly driven (60 spikes/s on average: few trials tell tunings apart); ``simulation``
-    keys replace or add to its ``[simulation]`` table (e.g. ``fixation_breaks``, which needs
-    ``gaze``)."""
+def rig_text(name: str, neurons: int = 3, gaze: bool = False, photodiode: bool = False, **simulation: Any) -> str:
+    """A headless simulated rig of ``neurons`` built-in units on streams named ``name-*`` (an eye
+    with ``gaze``, a photodiode with ``photodiode``), strongly driven (60 spikes/s on average: few
+    trials tell tunings apart); ``simulation`` keys replace or add to its ``[simulation]`` table
+    (e.g. ``fixation_breaks``, which needs ``gaze``; ``display_lag``)."""
     tables = {"rig": {"name": name, "simulated": True}, "display": {"backend": "headless"},
-              **stream_tables(name, gaze), "subject": SUBJECT,
+              **stream_tables(name, gaze, photodiode), "subject": SUBJECT,
               "simulation": {"seed": 2, "mean_rate": 60.0, **simulation}}
     return toml_tables(tables) + "".join(f"[[simulation.neurons]]\n{_lines(n)}" for n in neuron_tables(neurons))

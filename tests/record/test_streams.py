@@ -143,11 +143,12 @@ def _covered(sessions) -> float | None:
     return onset if len(rows) and rows[-1, 0] >= onset else None
 
 
-def test_a_run_killed_with_sigkill_keeps_its_gaze_samples(tmp_path, processes, wait_until):
-    """``closedloop run`` on a simulated rig with an eye, killed with SIGKILL once the gaze rows on disk
-    reach the onset of presentation ``KILL_AFTER``: afterwards the record holds them, whole rows only
-    (sample times rising from before the first onset past that one), beside the markers."""
-    (tmp_path / "rig.toml").write_text(rig_text(f"cltest-streams-{uuid.uuid4().hex[:8]}", gaze=True))
+def test_a_run_killed_with_sigkill_keeps_its_gaze_and_photodiode_samples(tmp_path, processes, wait_until):
+    """``closedloop run`` on a simulated rig with an eye and a photodiode, killed with SIGKILL once the
+    gaze rows on disk reach the onset of presentation ``KILL_AFTER``: afterwards the record holds both
+    streams, whole rows only (sample times rising from before the first onset past that one; the
+    photodiode's up to the first onset at least), beside the markers."""
+    (tmp_path / "rig.toml").write_text(rig_text(f"cltest-streams-{uuid.uuid4().hex[:8]}", gaze=True, photodiode=True))
     (tmp_path / "protocol.toml").write_text(protocol_text(400))
     sessions = tmp_path / "sessions"
     with open(tmp_path / "run.log", "wb") as log:
@@ -173,6 +174,10 @@ def test_a_run_killed_with_sigkill_keeps_its_gaze_samples(tmp_path, processes, w
     assert (session / STREAMS / "gaze.bin").stat().st_size == len(gaze.times) * ROW  # no partial row
     onsets = [m["onset"] for m in record.markers[:KILL_AFTER]]
     assert len(record.markers) >= KILL_AFTER and gaze.times[0] <= onsets[0] and gaze.times[-1] >= onsets[-1]
+    light = record.streams["photodiode"]
+    assert light.role == "photodiode" and np.all(np.diff(light.times) > 0)
+    assert (session / STREAMS / "photodiode.bin").stat().st_size == light.values.size * 8 + len(light.times) * 8
+    assert light.times[0] <= onsets[0] <= light.times[-1] and light.values.max() > light.values.min()  # it saw a flash
 
 
 def test_a_rig_record_stream_is_recorded_in_a_session(tmp_path, stream_name, wait_until):

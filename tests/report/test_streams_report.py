@@ -22,10 +22,8 @@ def session(tmp_path_factory):
     """20 presentations on a simulated rig whose eye breaks fixation about twice a second, with a photodiode."""
     tmp = tmp_path_factory.mktemp("streams")
     name = f"cltest-report-streams-{tmp.name}"
-    text = rig_text(name, gaze=True, fixation_breaks=2.0, break_duration=0.1)
-    text = text.replace("[simulation]\n", f'[photodiode]\nname = "{name}-light"\ntype = "Photodiode"\n'
-                        f"[simulation]\ndisplay_lag = {DISPLAY_LAG}\n")
-    (tmp / "rig.toml").write_text(text)
+    (tmp / "rig.toml").write_text(rig_text(name, gaze=True, photodiode=True, fixation_breaks=2.0,
+                                           break_duration=0.1, display_lag=DISPLAY_LAG))
     (tmp / "protocol.toml").write_text(protocol_text(20))
     summary = run_session(load_protocol(tmp / "protocol.toml"), load_rig(tmp / "rig.toml"), tmp / "session")
     return summary, read_session(tmp / "session")
