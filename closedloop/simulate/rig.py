@@ -46,6 +46,12 @@ def simulated_units(rig: Rig) -> list[UnitSpec]:
             for i, name in enumerate(neuron_names(rig.simulation))]
 
 
+def _stamps(times: np.ndarray) -> list[float]:
+    """Per-sample stamps (s) as pylsl's ``push_chunk`` takes them: a list (a one-element array would
+    pass for a single stamp, with a NumPy deprecation warning)."""
+    return np.asarray(times, np.float64).tolist()
+
+
 @dataclass
 class _Episode:
     """A stimulus driving the neurons from ``start`` until ``end`` (s, local clock)."""
@@ -201,7 +207,7 @@ class SpikeSimulator:
         lit = np.zeros(len(times), np.float32)
         for on, off in self._light:
             lit[(times >= on) & (times < off)] = 1.0
-        self.photodiode.push_chunk(lit[:, None], times)
+        self.photodiode.push_chunk(lit[:, None], _stamps(times))
         self._light = [span for span in self._light if span[1] > times[-1]]
         return float(times[-1] + period)
 
@@ -220,7 +226,7 @@ class SpikeSimulator:
                 gaze[k] += BREAK_GAZE
             elif t >= self._break[1]:
                 self._break = (np.inf, np.inf)
-        self.gaze.push_chunk(gaze.astype(np.float32), times)
+        self.gaze.push_chunk(gaze.astype(np.float32), _stamps(times))
         return float(times[-1] + period)
 
     def acquisition_clock(self, t: np.ndarray) -> np.ndarray:
@@ -234,7 +240,7 @@ class SpikeSimulator:
         counts = np.zeros((n_bins, self.n), np.int32)
         which = np.minimum(((times - t0) / bin_width).astype(int), n_bins - 1)
         np.add.at(counts, (which, neurons), 1)
-        self.outlet.push_chunk(counts, self.acquisition_clock(t0 + bin_width * np.arange(1, n_bins + 1)))
+        self.outlet.push_chunk(counts, _stamps(self.acquisition_clock(t0 + bin_width * np.arange(1, n_bins + 1))))
 
     def _open_markers(self, stop: threading.Event) -> tuple[pylsl.StreamInlet, float] | None:
         """The marker stream's inlet and its clock offset (s), or None if ``stop`` is set first.
@@ -305,7 +311,7 @@ class SpikeSimulator:
                     samples = np.vstack([np.column_stack([np.full(len(indices), self.rig.clock.sync_channel),
                                                           indices]), samples])
                     times = np.concatenate([sync_times, times])
-                self.outlet.push_chunk(samples.astype(np.int32), self.acquisition_clock(times))
+                self.outlet.push_chunk(samples.astype(np.int32), _stamps(self.acquisition_clock(times)))
             self.spikes_sent += len(times)
             done = now
         inlet.close_stream()
