@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import signal
@@ -10,11 +12,14 @@ import threading
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from closedloop.config import load_protocol, load_rig, with_metadata
+from closedloop.dashboard import TOKEN_VARIABLE
 from closedloop.errors import ClosedLoopError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -90,46 +95,123 @@ def _metadata(options: dict) -> dict:
             "lab": {k: v for k, v in lab.items() if v is not None}}
 
 
-def _progress_table(progress, title: str) -> Table:
-    table = Table(title=title, show_header=False, box=None)
-    table.add_row("presented", f"{progress.presented}/{progress.total}")
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8765
+TOKEN_HELP = ("Secret every dashboard request must carry (?token= or Authorization: Bearer); required with a "
+              "--host beyond this machine.")
+
+
+def _listen_options(command, token_variable: str | None = None):
+    """``--host``, ``--port``, ``--token`` (also read from the environment variable ``token_variable``):
+    where the dashboard listens, and its token."""
+    options = [
+        click.option("--host", default=None, help=f"Address the dashboard listens on.  [default: {DASHBOARD_HOST}; "
+                                                   "another needs --token]"),
+        click.option("--port", type=click.IntRange(0, 65535), default=None,
+                     help=f"Dashboard port (0: any free one).  [default: {DASHBOARD_PORT}]"),
+        click.option("--token", envvar=token_variable, default=None, help=TOKEN_HELP),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _dashboard_options(command):
+    """``--dashboard`` and where it listens."""
+    return click.option("--dashboard", is_flag=True,
+                        help="Serve a live page of the session (see `closedloop watch`) and print its address.")(
+        _listen_options(command))
+
+
+@contextlib.contextmanager
+def _dashboard(session: Path, wanted: bool, host: str | None, port: int | None, token: str | None):
+    """The dashboard of ``session`` in a child process while the block runs, when ``wanted``."""
+    if not wanted:
+        given = [name for name, value in (("--host", host), ("--port", port), ("--token", token)) if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} needs --dashboard")
+        yield
+        return
+    from closedloop.dashboard.child import Dashboard
+
+    dashboard = Dashboard(session, host or DASHBOARD_HOST, DASHBOARD_PORT if port is None else port, token)
+    console.print(f"dashboard: {dashboard.url}", markup=False)
+    try:
+        yield
+    finally:
+        dashboard.close((session / "summary.json").exists())
+
+
+def _progress_view(progress, title: str) -> Group:
+    """The live view of a session (:class:`closedloop.progress.Progress`): a progress bar with the
+    time left, the loop's state, and one line per unit."""
+    from closedloop.progress import RECENT_DECISIONS, RECENT_RESPONSES, SPIKE_WINDOW
+
+    left = progress.time_left_s()
+    bar = Table(title=title, show_header=False, box=None, padding=(0, 2))
+    bar.add_row(ProgressBar(total=progress.total, completed=progress.presented, width=40),
+                f"{progress.presented}/{progress.total} presented",
+                "time left: measuring" if left is None else f"{_duration(left)} left")
+    table = Table(show_header=False, box=None)
     table.add_row("responses", str(progress.responses))
+    turnaround, rates, lag = progress.recent_turnaround_ms(), progress.spike_rates(), progress.stream_lag_ms()
+    table.add_row("selection turnaround", "-" if turnaround is None else
+                  f"{turnaround:.1f} ms (median of the last {RECENT_DECISIONS} decisions)")
+    table.add_row("spike rate", "-" if rates is None else f"{float(rates.sum()):.1f} spikes/s (all units)")
     table.add_row("spike stream", {"ok": "ok", "gap": "[yellow]gap: waiting for it to return[/]",
-                                   "lost": "[red]lost[/]"}[progress.stream])
+                                   "lost": "[red]lost[/]"}[progress.stream]
+                  + ("" if lag is None else f", lag {lag:.0f} ms"))
     table.add_row("deadline misses", str(progress.deadline_misses))
     table.add_row("dropped frames", str(progress.dropped_frames))
     t = progress.trials
     table.add_row("trials", f"{t['completed']} completed, {t['fixation_break']} fixation breaks, "
                             f"{t['no_fixation']} without fixation")
     table.add_row("learner refreshes", str(progress.core_version))
-    table.add_row("held-out r (observed)", _fmt(progress.r_observed))
-    table.add_row("held-out r (true rates)", _fmt(progress.r_true))
+    table.add_row("held-out r, median of units", f"{_fmt(progress.r_observed)} observed, "
+                                                 f"{_fmt(progress.r_true)} true rates")
     for key, value in (progress.strategy_state or {}).items():  # e.g. a hypothesis test's posterior
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) if isinstance(value, dict) else _fmt(value)
         table.add_row(key.replace("_", " "), shown)
-    return table
+    units = Table(box=None, padding=(0, 2), caption=f"spikes/s over the last {SPIKE_WINDOW:g} s; mean count of "
+                  f"the last {RECENT_RESPONSES} responses; held-out r against the observed counts and the true rates")
+    for column in ("unit", "spikes/s", "mean count", "r observed", "r true"):
+        units.add_column(column, justify="left" if column == "unit" else "right")
+    counts, accuracy = progress.mean_recent_counts(), progress.final_accuracy
+    none = [None] * len(progress.units)
+    for u, (name, r_observed, r_true) in enumerate(zip(progress.units, accuracy.get("r_observed") or none,
+                                                       accuracy.get("r_true") or none)):
+        units.add_row(name, "-" if rates is None else f"{float(rates[u]):.1f}",
+                      "-" if counts is None else _fmt(float(counts[u])), _fmt(r_observed), _fmt(r_true))
+    return Group(bar, table, units)
 
 
-def _run(protocol, rig, out: Path, title: str, session: Path | None = None) -> dict:
-    """Run a new session in ``out`` (or resume ``session``) with a live progress display; Ctrl-C
-    ends it with its summary written, as a one-line error."""
+def _duration(seconds: float) -> str:
+    """``h:mm:ss``."""
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _run(protocol, rig, session: Path, title: str, resume: bool = False) -> dict:
+    """Run a new session in the directory ``session`` (or resume it) with a live progress display;
+    Ctrl-C ends it with its summary written, as a one-line error."""
     from closedloop.session import run_session
 
-    resume = session is not None
-    session = session or _session_dir(out, protocol, rig)
-    shown = []
+    shown = []  # the session's Progress, once it reported
 
-    def show(progress) -> None:
-        live.update(_progress_table(progress, title))
-        shown.append(True)
+    def show(progress) -> None:  # in the presentation loop: rich's own thread draws the view
+        if not shown:
+            shown.append(progress)
+
+    def view():
+        return _progress_view(shown[0], title) if shown else Text()  # nothing before the session opened
 
     try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        with Live(console=console, get_renderable=view, refresh_per_second=4, transient=False):
             summary = run_session(protocol, rig, session, resume=resume, on_progress=show)
     except KeyboardInterrupt:
         raise ClosedLoopError(f"interrupted; session recorded in {session} (status interrupted)") from None
     finally:
-        if shown and not console.is_terminal:  # rich leaves a redirected stream after the table's last row
+        if shown and not console.is_terminal:  # rich leaves a redirected stream after the view's last row
             console.line()
     console.print(f"session recorded in {session}")
     if summary["status"] != "complete":
@@ -144,25 +226,57 @@ def _run(protocol, rig, out: Path, title: str, session: Path | None = None) -> d
               help="Directory that receives the session directory.")
 @click.option("--strategy", default=None, help="Override the protocol's selection strategy.")
 @_metadata_options
-def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None, **metadata) -> None:
+@_dashboard_options
+def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None, dashboard: bool, host: str | None,
+        port: int | None, token: str | None, **metadata) -> None:
     """Run PROTOCOL on a rig; prints the session summary as JSON."""
     import json
 
     proto = _with_strategy(load_protocol(protocol), strategy)
     rig = with_metadata(load_rig(rig_path), **_metadata(metadata))
-    summary = _run(proto, rig, out, f"{proto.protocol.name} ({proto.selection.strategy})")
+    session = _session_dir(out, proto, rig)
+    with _dashboard(session, dashboard, host, port, token):
+        summary = _run(proto, rig, session, f"{proto.protocol.name} ({proto.selection.strategy})")
     click.echo(json.dumps(summary, indent=2))
 
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
-def resume(session: Path) -> None:
+@_dashboard_options
+def resume(session: Path, dashboard: bool, host: str | None, port: int | None, token: str | None) -> None:
     """Continue SESSION where it stopped (a killed or failed run), with its own protocol and rig."""
     import json
 
     protocol, rig = load_protocol(session / "protocol.json"), load_rig(session / "rig.json")
-    summary = _run(protocol, rig, session.parent, f"{protocol.protocol.name} (resumed)", session=session)
+    with _dashboard(session, dashboard, host, port, token):
+        summary = _run(protocol, rig, session, f"{protocol.protocol.name} (resumed)", resume=True)
     click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.argument("session", type=click.Path(path_type=Path))
+@functools.partial(_listen_options, token_variable=TOKEN_VARIABLE)
+@click.option("--fd", type=int, default=None, hidden=True, help="A listening socket to serve on (a session's).")
+@click.option("--wait", is_flag=True, hidden=True, help="SESSION may not exist yet (a session about to start).")
+def watch(session: Path, host: str | None, port: int | None, token: str | None, fd: int | None, wait: bool) -> None:
+    """Serve the live dashboard of SESSION: a session another process is writing (a shared folder
+    on another machine), or one that ended. Read-only; Ctrl-C stops it."""
+    import socket
+
+    from closedloop.children import die_with_parent, ignore_sigint
+    from closedloop.dashboard.server import bind, serve, url
+
+    host = host or DASHBOARD_HOST
+    if not wait and not session.is_dir():
+        raise ClosedLoopError(f"session {session}: not a directory")
+    if fd is not None:  # started by a session, on its socket
+        die_with_parent(os.getppid())
+        ignore_sigint()
+        serve(session, socket.socket(fileno=fd), host, token, child=True)
+        return
+    sock = bind(host, DASHBOARD_PORT if port is None else port, token)
+    console.print(f"dashboard of {session}: {url(sock, host, token)} (Ctrl-C to stop)", markup=False)
+    serve(session, sock, host, token)
 
 
 @main.command()
@@ -253,7 +367,7 @@ def demo(out: Path, protocol_path: Path, rig_path: Path, **metadata) -> None:
     """The closed loop on the simulated rig: model-chosen images against random ones."""
     protocol, rig = load_protocol(protocol_path), with_metadata(load_rig(rig_path), **_metadata(metadata))
     summaries = [
-        _run(_with_strategy(protocol, strategy), rig, out, f"demo: {strategy}")
+        _run(_with_strategy(protocol, strategy), rig, _session_dir(out, protocol, rig), f"demo: {strategy}")
         for strategy in dict.fromkeys([protocol.selection.strategy, "random"])
     ]
     results.print(comparison_table(summaries))

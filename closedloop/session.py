@@ -41,7 +41,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,7 @@ from closedloop.present import open_presenter
 from closedloop.present.geometry import Layout
 from closedloop.present.markers import MarkerOutlet
 from closedloop.present.trials import Item, TrialOutcome, run_trial
+from closedloop.progress import Progress
 from closedloop.record import SessionRecord, SessionWriter, check_resumable, read_session
 from closedloop.record.naming import archive_id
 from closedloop.record.session import ADDED
@@ -81,30 +81,6 @@ SIMULATOR_LOG = "simulator.log"
 SIMULATOR_STOP = 3.0  # s a simulator has to exit after SIGTERM (it takes about one) before SIGKILL
 RESOLVE_STEP = 1.0  # s of each look for the simulator's streams between looks at the simulator
 DRAIN_SLACK = 2.0  # s beyond a window's end and the stream's latency to wait for the last windows
-
-
-@dataclass
-class Progress:
-    """Live state of a running session, for displays."""
-
-    total: int
-    presented: int = 0
-    responses: int = 0
-    deadline_misses: int = 0
-    dropped_frames: int = 0
-    core_version: int = 0
-    r_observed: float | None = None
-    r_true: float | None = None
-    clock_events: int = 0
-    gap_responses: int = 0
-    aborted_responses: int = 0
-    trials: dict[str, int] = field(default_factory=lambda: {
-        "completed": 0, "fixation_break": 0, "no_fixation": 0})
-    turnaround_ms: list[float] = field(default_factory=list)
-    final_accuracy: dict = field(default_factory=dict)
-    strategy_state: dict | None = None  # the strategy's latest (e.g. a hypothesis test's posterior)
-    finished: bool = False  # the strategy has finished (e.g. its test decided): the session ends
-    stream: str = "ok"  # the spike stream: "ok", "gap" (silent beyond stall_after) or "lost"
 
 
 def session_units(rig: Rig) -> list[UnitSpec]:
@@ -194,7 +170,7 @@ class Session:
         self.on_progress, self.resume = on_progress, resume
         self.state = "new"
         self.units = session_units(rig)
-        self.progress = Progress(total=protocol.protocol.presentations)
+        self.progress = Progress(total=protocol.protocol.presentations, units=tuple(u.name for u in self.units))
         self.summary: dict | None = None
         self.core: str | None = None
         self.requeue: deque[int] = deque()  # pool indices to show again (appended from the inlet thread)
@@ -463,8 +439,9 @@ class Session:
 
     # ---------------------------------------------------- the inlet thread's side --
     def _on_spikes(self, times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> None:
-        self.aligner.add_spikes(times, channels, units)
+        unit_index = self.aligner.add_spikes(times, channels, units)
         self.writer.spikes(times, channels, units)
+        self.progress.add_spikes(times, unit_index, pylsl.local_clock())
 
     def _on_tick(self, now: float) -> None:
         settled = self.photodiode.covered_until - self.rig.photodiode.max_delay if self.photodiode else np.inf
@@ -487,6 +464,7 @@ class Session:
         else:
             self.worker.send_response(r.info["pool_index"], r.counts, r.info["role"] == "heldout",
                                       pylsl.local_clock())
+            self.progress.recent_counts.append(r.counts)
 
     def _on_stream_event(self, event: dict) -> None:
         self.writer.log("events", event)
@@ -520,6 +498,7 @@ class Session:
                                     "dropped_frames": timing.dropped_frames,
                                     "frame_intervals": timing.frame_intervals})
         self.progress.presented += 1
+        self.progress.shown_at.append(time.monotonic())
         self.progress.dropped_frames += timing.dropped_frames
         self.progress.stream = self.inlet.state
         if self.on_progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,70 @@ def test_a_bad_benchmark_strategy_is_named_before_any_work(tmp_path):
     line = error_line(closedloop("bench", "efficiency", "--twins", tmp_path, "--pool", tmp_path, "--heldout", tmp_path,
                                  "--strategies", "disagreement;vr=variance_reduction+2"))
     assert "strategy 'vr'" in line and "control fraction" in line
+
+
+def test_run_shows_progress_time_left_turnaround_and_each_unit(tmp_path, sim_files, stream_name):
+    """`closedloop run` with its display redirected (rich prints the last view): the progress bar with
+    the time left, the turnaround, the spike rate and stream lag, and one line per unit whose mean
+    count and held-out r are the session's; each decision logged its predictions."""
+    from closedloop.progress import RECENT_RESPONSES
+    from closedloop.record import read_session
+
+    sim_files.rig(tmp_path / "rig.toml", stream_name)
+    sim_files.protocol(tmp_path / "protocol.toml", 40)
+    result = closedloop("run", tmp_path / "protocol.toml", "--rig", tmp_path / "rig.toml", "--out", tmp_path / "s")
+    assert result.returncode == 0, result.stderr
+    view = result.stderr
+    assert re.search(r"━{40}\s+40/40 presented\s+0:00:00 left", view), view
+    assert re.search(r"selection turnaround\s+\d+\.\d ms \(median of the last 20 decisions\)", view), view
+    assert re.search(r"spike rate\s+\d+\.\d spikes/s \(all units\)", view), view
+    assert re.search(r"spike stream\s+ok, lag \d+ ms", view), view
+    for row in ("deadline misses", "dropped frames", "trials", "learner refreshes"):
+        assert row in view
+    summary = json.loads(result.stdout)
+    record = read_session(Path(summary["session"]))
+    handed = [r["counts"] for r in record.responses if not (r.get("gap") or r.get("aborted"))]
+    mean_counts = np.mean(handed[-RECENT_RESPONSES:], axis=0)
+    for u, unit in enumerate(summary["units"]):
+        line = re.search(rf"^\s*{unit}\s+(\d+\.\d)\s+(\d+\.\d\d)\s+(\S+)\s+(\S+)\s*$", view, re.MULTILINE)
+        assert line, view
+        assert float(line[1]) > 0 and float(line[2]) == pytest.approx(mean_counts[u], abs=0.006)
+        for shown, r in zip(line.groups()[2:], (summary["heldout_r_observed"][u], summary["heldout_r_true"][u])):
+            assert shown == ("-" if r is None else f"{r:.2f}")
+    # Every decision once the learner had learned a response: expected counts per chosen image and unit.
+    predicted = [s["predicted"] for s in record.selections if "predicted" in s]
+    assert len(predicted) >= len(record.selections) - 2 > 5
+    for s in record.selections[2:]:
+        assert np.shape(s["predicted"]) == (len(s["chosen"]), 3) and np.isfinite(s["predicted"]).all()
+
+
+def test_the_progress_view_shows_what_progress_holds():
+    """The view of known values: the bar's time left from the recent presentation rate, the median
+    turnaround (the first decision's left out), spike rates over the recent spikes, one line per unit."""
+    import io
+
+    from rich.console import Console
+
+    from closedloop.cli import _progress_view
+    from closedloop.progress import Progress
+
+    progress = Progress(total=200, units=("curvature", "dot"), presented=50, responses=48, deadline_misses=1,
+                        dropped_frames=2, core_version=3, r_observed=0.41, r_true=0.62,
+                        turnaround_ms=[900.0, 3.0, 5.0, 4.0], strategy_state={"posterior": {"h1": 0.7, "h2": 0.3}},
+                        final_accuracy={"r_observed": [0.33, None], "r_true": [0.55, 0.69]})
+    progress.shown_at.extend(10.0 + 0.1 * np.arange(50))  # 10 presentations/s: 150 to go in 15 s
+    progress.recent_counts.extend([np.array([2, 6]), np.array([4, 8])])
+    progress.add_spikes(np.array([100.0, 100.5]), np.array([0, 1]), now=100.52)  # 20 ms late
+    progress.add_spikes(np.array([101.0, 102.0, 103.0]), np.array([1, -1, 1]), now=103.01)  # 10 ms; -1: no unit
+    out = io.StringIO()
+    Console(file=out, width=120).print(_progress_view(progress, "short (disagreement)"))
+    view = out.getvalue()
+    assert "short (disagreement)" in view and re.search(r"━{10} +50/200 presented +0:00:15 left", view), view
+    # 3 s of spikes since the first: curvature 1, dot 3 (the unknown spike not counted)
+    for row, value in (("responses", "48"), ("selection turnaround", "4.0 ms"), ("spike rate", "1.3 spikes/s"),
+                       ("spike stream", "ok, lag 15 ms"), ("deadline misses", "1"), ("dropped frames", "2"),
+                       ("learner refreshes", "3"), ("held-out r, median of units", "0.41 observed, 0.62 true"),
+                       ("posterior", "h1 0.70, h2 0.30")):
+        assert re.search(rf"{row} +{re.escape(value)}", view), (row, view)
+    assert re.search(r"curvature +0\.3 +3\.00 +0\.33 +0\.55", view), view
+    assert re.search(r"dot +1\.0 +7\.00 +- +0\.69", view), view

@@ -56,8 +56,9 @@ class ResponseAligner:
             if self._lights:
                 self._match_lights()
 
-    def add_spikes(self, times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> None:
-        """Add spikes (times in seconds on the acquisition clock, corrected)."""
+    def add_spikes(self, times: np.ndarray, channels: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """Add spikes (times in seconds on the acquisition clock, corrected); returns each spike's
+        position in ``units`` (-1: not a recorded unit)."""
         idx = np.array([self._unit_of.get((c, u), -1) for c, u in zip(channels.tolist(), units.tolist())],
                        dtype=int)
         known = idx >= 0
@@ -65,6 +66,7 @@ class ResponseAligner:
             self.unknown_spikes += int((~known).sum())
             self._times = np.concatenate([self._times, np.asarray(times, float)[known]])
             self._units = np.concatenate([self._units, idx[known]])
+        return idx
 
     def add_gap(self, start: float, end: float) -> None:
         """Spikes between ``start`` and ``end`` (s) were lost: windows overlapping it are flagged."""

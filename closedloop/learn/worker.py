@@ -83,6 +83,7 @@ from closedloop.stimuli import StimulusPool, read_added, write_added
 
 ACCURACY_EVERY = 10  # responses between accuracy reports
 CORES = "cores"  # the session's folder of fine-tuned cores
+PREDICTED_DECIMALS = 3  # a decision's predicted counts are logged to 0.001 spikes
 
 
 # ------------------------------------------------------------------ messages in --
@@ -169,6 +170,10 @@ class Choice:
         What the strategy logs with a decision (e.g. a posterior).
     finished : bool
         The strategy has nothing more to learn: the session ends.
+    predicted : list of list of float or None
+        The learner's expected count (spikes in the response window) of each chosen image
+        (outer, as ``chosen``) per unit (inner, in the units' order) when the decision was made
+        (:meth:`WorkerState.predicted`; None before the learner learned a response).
     """
 
     strategy: str
@@ -183,6 +188,7 @@ class Choice:
     added: Added | None = None
     state: dict | None = None
     finished: bool = False
+    predicted: list[list[float]] | None = None
 
     def record(self, added: list[int] | None = None) -> dict:
         """The decision as ``selections.jsonl`` logs it (``added``: the new pool indices)."""
@@ -194,6 +200,8 @@ class Choice:
             record["state"] = self.state
         if self.finished:
             record["finished"] = True
+        if self.predicted is not None:
+            record["predicted"] = self.predicted
         return record
 
 
@@ -545,10 +553,19 @@ class WorkerState:
         choice = Choice(decision.strategy, decision.chosen.tolist(), decision.scores.tolist(), self.trained,
                         self.received, self.learner.core_version, self.learner.trained_on,
                         (pylsl.local_clock() - completed_at) * 1000.0, decision.choose_ms, added, decision.state,
-                        decision.finished)
+                        decision.finished, self.predicted(decision.chosen))
         if self.on_decision is not None:
             self.on_decision(decision.context, choice)
         return choice
+
+    def predicted(self, chosen: np.ndarray) -> list[list[float]] | None:
+        """The learner's expected counts (chosen, units) of pool images ``chosen`` (spikes in the
+        response window); None while it has learned no response and was not warm-started: the
+        prior's are meaningless (its intercept is all but unconstrained)."""
+        if not self.learner.n_responses and self.config.model.warm_start is None:
+            return None
+        predicted = self.learner.predictive(chosen)[0].T  # one pass over the chosen images alone
+        return np.round(predicted.astype(np.float64), PREDICTED_DECIMALS).tolist()
 
     def _save_added(self, start: int) -> None:
         """Save the stimuli a strategy made (pool images ``start:``) before the choice is announced."""

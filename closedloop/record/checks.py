@@ -129,6 +129,10 @@ def check_consistent(record: SessionRecord) -> None:
             received = s["received"]
         _in_pool(record, where(line), "chosen", s["chosen"])
         _in_pool(record, where(line), "added", s.get("added") or [])
+        for k, predicted in enumerate(s.get("predicted") or []):
+            if len(predicted) != len(recorded_units(record)):
+                raise ClosedLoopError(f"{where(line)}: field 'predicted[{k}]': {len(predicted)} counts for the "
+                                      f"{len(recorded_units(record))} recorded units of rig.json")
 
 
 def check_resumable(record: SessionRecord) -> ResumePoint:

@@ -96,6 +96,17 @@ class Selection(_Record):
     turnaround_ms: float = Field(None, description="last response to decision, ms")
     added: list[Index] = Field(None, description="pool indices of stimuli the strategy made")
     state: dict | None = Field(None, description="what the strategy logs (e.g. a posterior)")
+    predicted: list[list[Annotated[float, Field(allow_inf_nan=False)]]] | None = Field(
+        None, description="the model's expected count per chosen image (as chosen) per rig.json recorded unit "
+                          "(in its order) at the decision, spikes in the response window")
+
+    @field_validator("predicted")
+    @classmethod
+    def _one_per_chosen(cls, predicted: list[list[float]] | None, info: ValidationInfo) -> list[list[float]] | None:
+        chosen = info.data.get("chosen")
+        if predicted is not None and chosen is not None and len(predicted) != len(chosen):
+            raise ValueError(f"{len(predicted)} entries for {len(chosen)} chosen images")
+        return predicted
 
 
 class Accuracy(_Record):

@@ -17,7 +17,9 @@ flushed as it happens, so a killed run keeps everything completed):
 ``spikes.bin``     every spike: little-endian records of time (float64, s,
                    LSL clock of the stimulus PC), channel (int32), unit (int32)
 ``responses.jsonl`` one per presentation: index, stimulus, role, onset, counts
-``selections.jsonl`` one per model decision: chosen ids, scores, turnaround
+``selections.jsonl`` one per model decision: chosen ids, scores, turnaround,
+                   the model's expected counts of each chosen image per unit
+                   (``predicted``; absent in sessions from before it was logged)
 ``accuracy.jsonl`` held-out prediction accuracy over time
 ``events.jsonl``   trials (fixation breaks, rewards, no fixation), deadline
                    misses, stream gaps, warnings and errors
@@ -274,7 +276,7 @@ def _read_header(binary: Path) -> dict:
     file = binary.with_suffix(".json")
     if not file.exists():
         raise ClosedLoopError(f"session file {binary}: no header {file.name} beside it (its rows cannot be read)")
-    header = _parse(_bytes(file), StreamHeader, f"session file {file}")
+    header = parse_record(_bytes(file), StreamHeader, f"session file {file}")
     if header["key"] != file.stem:
         raise ClosedLoopError(f"session file {file}: field 'key': {header['key']!r} is not the file's "
                               f"{file.stem!r}")
@@ -314,7 +316,7 @@ def read_session(path: Path | str) -> SessionRecord:
     for required in REQUIRED:
         if not (path / required).exists():
             raise ClosedLoopError(f"session {path}: missing {required}")
-    files = {name: _read_json(path / name, model) for name, model in JSON_FILES.items()}
+    files = {name: read_record_file(path / name, model) for name, model in JSON_FILES.items()}
     record = SessionRecord(
         path=path,
         protocol=files["protocol.json"],
@@ -338,7 +340,7 @@ def _bytes(file: Path) -> bytes:
         raise ClosedLoopError(f"session file {file}: unreadable ({exc.strerror or exc})") from None
 
 
-def _parse(text: bytes, model: type, where: str) -> dict:
+def parse_record(text: bytes, model: type, where: str) -> dict:
     """One JSON object fitting ``model``; ``where`` (file and line) starts the error."""
     try:
         record = json.loads(text.decode("utf-8"))
@@ -353,9 +355,9 @@ def _parse(text: bytes, model: type, where: str) -> dict:
     return record
 
 
-def _read_json(file: Path, model: type) -> dict | None:
+def read_record_file(file: Path, model: type) -> dict | None:
     """A whole-file JSON object; None when the (optional) file is absent."""
-    return _parse(_bytes(file), model, f"session file {file}") if file.exists() else None
+    return parse_record(_bytes(file), model, f"session file {file}") if file.exists() else None
 
 
 def _read_jsonl(file: Path, model: type) -> list[dict]:
@@ -365,7 +367,7 @@ def _read_jsonl(file: Path, model: type) -> list[dict]:
     if lines[-1]:
         log.warning("session file %s line %d: cut short by a killed run (%d bytes without a newline); dropped",
                     file, len(lines), len(lines[-1]))
-    return [_parse(line, model, f"session file {file} line {n}") for n, line in enumerate(lines[:-1], 1)]
+    return [parse_record(line, model, f"session file {file} line {n}") for n, line in enumerate(lines[:-1], 1)]
 
 
 def _read_binary(file: Path, dtype: np.dtype) -> np.ndarray:

@@ -11,7 +11,9 @@ import numpy as np
 from closedloop.errors import ClosedLoopError
 from closedloop.record import SessionRecord, read_session
 from closedloop.report import data, figures, html, timing
+from closedloop.report.units import sections as unit_sections
 from closedloop.stimuli import StimulusPool
+from closedloop.stimuli.pool import GALLERY_PAD
 
 BEFORE = 0.1  # s shown before each onset in rasters
 AFTER_MARGIN = 0.1  # s shown after the later of the image's offset and the window's end
@@ -111,34 +113,43 @@ def _accuracy(records: list[SessionRecord], labels: list[str]) -> str:
 
 
 def _session(record: SessionRecord, label: str, k: int) -> list[str]:
-    parts = [html.heading(2, f"Session {label}", f"session-{k}")]
+    anchor = f"session-{k}"
+    parts = [html.heading(2, f"Session {label}", anchor)]
     if record.summary is None:
         parts.append(html.paragraph(
             f"Partial session: {record.path / 'summary.json'} is missing (the run was killed or failed). "
             f"Everything below is what was recorded up to then: {len(record.markers)} presentations, "
             f"{len(record.responses)} responses.", note=True))
     units = data.units(record)
-    parts += [html.heading(3, "Rasters and PSTHs"), _rasters(record, units)]
-    parts += [html.heading(3, "Response matrix"), _matrix(record, units)]
-    parts += [html.heading(3, "Chosen images"), _chosen(record)]
-    parts += [html.heading(3, "Hypothesis posteriors"), _posteriors(record)]
-    parts += [html.heading(3, "Recorded streams"), _streams(record)]
-    parts += [html.heading(3, "Timing"), html.table([list(row) for row in timing.rows(record)]),
+    on, after = _shown(record)
+    parts += [html.heading(3, "Rasters and PSTHs", f"{anchor}-rasters"), _rasters(record, units, on, after)]
+    parts += [html.heading(3, "Response matrix", f"{anchor}-matrix"), _matrix(record, units)]
+    parts += [html.heading(3, "Units", f"{anchor}-units"), *unit_sections(record, units, anchor, BEFORE, after)]
+    parts += [html.heading(3, "Chosen images", f"{anchor}-chosen"), _chosen(record)]
+    if data.posteriors(record) is not None:
+        parts += [html.heading(3, "Hypothesis posteriors", f"{anchor}-posteriors"), _posteriors(record)]
+    gaze = _gaze(record)
+    if gaze:
+        parts += [html.heading(3, "Eye traces", f"{anchor}-gaze"), gaze]
+    parts += [html.heading(3, "Recorded streams", f"{anchor}-streams"), _streams(record)]
+    parts += [html.heading(3, "Timing", f"{anchor}-timing"), html.table([list(row) for row in timing.rows(record)]),
               html.figure(figures.png(timing.figure(record)), "timing",
                           "Every frame interval of the run (log scale); dropped frames per presentation, "
                           "deadline misses and fixation breaks; photodiode onset corrections where measured.")]
     return parts
 
 
-def _rasters(record: SessionRecord, units: list[data.Unit]) -> str:
+def _shown(record: SessionRecord) -> tuple[float, float]:
+    """How long each image was on, and the time shown after each onset in rasters and PSTHs, s."""
+    on = float(record.protocol.get("protocol", {}).get("on_frames", 0)) * timing.frame_period(record)
+    return on, max(on, data.window(record)[1]) + AFTER_MARGIN
+
+
+def _rasters(record: SessionRecord, units: list[data.Unit], on: float, after: float) -> str:
     if not record.markers:
         return html.paragraph("No presentations were recorded.")
     index, onset = data.onsets(record)
-    protocol = record.protocol.get("protocol", {})
-    window = record.protocol.get("window", {})
-    window = (float(window.get("start", 0.05)), float(window.get("end", 0.15)))
-    on = float(protocol.get("on_frames", 0)) * timing.frame_period(record)
-    after = max(on, window[1]) + AFTER_MARGIN
+    window = data.window(record)
     items = [html.figure(figures.png(figures.raster_psth(u.name, data.aligned(u.times, onset, BEFORE, after),
                                                          BEFORE, after, window, on)), f"raster {u.name}")
              for u in units]
@@ -163,8 +174,9 @@ def _chosen(record: SessionRecord) -> str:
     pool = record.pool
     chosen = StimulusPool(pool.images[order], [pool.families[i] for i in order], [pool.params[i] for i in order])
     shown = min(len(chosen), GALLERY_LIMIT)
+    columns = (html.BODY_WIDTH - GALLERY_PAD) // (pool.images.shape[1] + GALLERY_PAD)  # as wide as the page
     buffer = io.BytesIO()
-    chosen.gallery(16, shown, title=f"{len(chosen)} images chosen, in order of first choice").save(buffer, "PNG")
+    chosen.gallery(columns, shown, title=f"{len(chosen)} images chosen, in order of first choice").save(buffer, "PNG")
     on_screen = {m.get("pool_index") for m in record.markers if m.get("role") == "chosen"}
     return html.figure(buffer.getvalue(), "chosen images",
                        f"The images the strategy chose in {len(record.selections)} decisions, numbered in order "
@@ -173,10 +185,7 @@ def _chosen(record: SessionRecord) -> str:
 
 
 def _posteriors(record: SessionRecord) -> str:
-    found = data.posteriors(record)
-    if found is None:
-        return html.paragraph(f"No decision carried a posterior (strategy {data.strategy(record)!r} keeps none).")
-    x, probabilities = found
+    x, probabilities = data.posteriors(record)
     tested = data.proposal(record)
     return (html.paragraph(proposal_line(tested)) if tested else "") + html.figure(
         figures.png(figures.posteriors(x, probabilities)), "hypothesis posteriors",
@@ -184,7 +193,7 @@ def _posteriors(record: SessionRecord) -> str:
 
 
 def _streams(record: SessionRecord) -> str:
-    """A table of the LSL streams recorded beside the spikes; the gaze over time; the photodiode's lag."""
+    """A table of the LSL streams recorded beside the spikes; the photodiode's lag."""
     if not record.streams:
         return html.paragraph("No LSL stream was recorded beside the spikes.")
     rows = []
@@ -196,16 +205,6 @@ def _streams(record: SessionRecord) -> str:
                      f"{s.rate:g}" if s.rate else "irregular", measured, f"{span:.1f}"])
     parts = [html.table(rows, ["key", "name", "type", "role", "channels (units)", "samples", "nominal rate (Hz)",
                                "measured rate (Hz)", "span (s)"])]
-    eye = data.stream(record, "gaze")
-    onsets = data.column(record, "markers", "onset")
-    if eye is not None and len(eye.times) and eye.values.shape[1] >= 2:
-        origin = onsets[0] if onsets else float(eye.times[0])
-        breaks = data.fixation_breaks(record)
-        window = record.protocol.get("trial", {}).get("window_deg")
-        parts.append(html.figure(
-            figures.png(figures.gaze(eye.times - origin, eye.values[:, :2], breaks - origin, window)), "gaze",
-            f"Gaze position (x, y: degrees right and up of fixation), {len(eye.times)} samples of {eye.name!r}; "
-            f"red: the {len(breaks)} trials ended by a fixation break; dashed: the fixation window."))
     lags = data.photodiode_lags(record) * 1e3
     found = lags[np.isfinite(lags)]
     if len(found):
@@ -215,6 +214,21 @@ def _streams(record: SessionRecord) -> str:
             f"found a light change, median {np.median(found):.2f} ms, range {found.min():.2f} to "
             f"{found.max():.2f} ms."))
     return "".join(parts)
+
+
+def _gaze(record: SessionRecord) -> str:
+    """The recorded gaze over time with the fixation breaks; empty without a recorded gaze."""
+    eye = data.stream(record, "gaze")
+    if eye is None or not len(eye.times) or eye.values.shape[1] < 2:
+        return ""
+    onsets = data.column(record, "markers", "onset")
+    origin = onsets[0] if onsets else float(eye.times[0])
+    breaks = data.fixation_breaks(record)
+    window = record.protocol.get("trial", {}).get("window_deg")
+    return html.figure(
+        figures.png(figures.gaze(eye.times - origin, eye.values[:, :2], breaks - origin, window)), "gaze",
+        f"Gaze position (x, y: degrees right and up of fixation), {len(eye.times)} samples of {eye.name!r}; "
+        f"red: the {len(breaks)} trials ended by a fixation break; dashed: the fixation window.")
 
 
 def proposal_line(state: dict) -> str:

@@ -64,6 +64,84 @@ def response_matrix(record: SessionRecord, n_units: int) -> tuple[np.ndarray, li
     return counts, [r["role"] for r in rows]
 
 
+def window(record: SessionRecord) -> tuple[float, float]:
+    """The response window, s after onset (the protocol's ``[window]``)."""
+    spec = record.protocol.get("window", {})
+    return float(spec.get("start", 0.05)), float(spec.get("end", 0.15))
+
+
+def valid_responses(record: SessionRecord) -> list[dict]:
+    """The responses whose counts are whole, in presentation order: neither cut short by a fixation
+    break (``aborted``) nor overlapping a spike-stream gap (``gap``)."""
+    return sorted((r for r in record.responses if not r.get("aborted") and not r.get("gap")),
+                  key=lambda r: r["index"])
+
+
+def rates(record: SessionRecord, responses: list[dict]) -> np.ndarray:
+    """Each response's counts as spikes/s in the window (count / window length), (responses, units)."""
+    start, end = window(record)
+    width = len(recorded_units(record))
+    return np.array([r["counts"] for r in responses], float).reshape(len(responses), width) / (end - start)
+
+
+@dataclass(frozen=True)
+class ImageMeans:
+    """Mean response of every image shown, over its whole presentations."""
+
+    pool_index: np.ndarray  # (images,) pool indices, ascending
+    mean: np.ndarray  # (units, images) spikes/s in the response window
+    presentations: np.ndarray  # (images,) presentations averaged
+
+
+def image_means(record: SessionRecord) -> ImageMeans:
+    """The mean response (spikes/s in the window) of every image, over its :func:`valid_responses`."""
+    responses = valid_responses(record)
+    values = rates(record, responses)
+    index = np.array([r["pool_index"] for r in responses], int)
+    images, where, n = np.unique(index, return_inverse=True, return_counts=True)
+    sums = np.zeros((values.shape[1], len(images)))
+    np.add.at(sums.T, where, values)
+    return ImageMeans(images, sums / np.maximum(n, 1), n)
+
+
+def ranked(means: ImageMeans, unit: int, count: int) -> tuple[list[int], list[int]]:
+    """Positions in ``means`` of the ``count`` images ``unit`` answered most (highest first) and
+    least (lowest first); ties in pool order."""
+    order = np.lexsort((means.pool_index, -means.mean[unit]))
+    top = order[:count].tolist()
+    bottom = np.lexsort((means.pool_index, means.mean[unit]))[:count].tolist()
+    return top, bottom
+
+
+def predicted_observed(record: SessionRecord) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's prediction for each chosen presentation against what it evoked, spikes/s.
+
+    Each whole response to a ``chosen`` image is paired with the prediction (``selections.jsonl``
+    ``predicted``) of the latest decision before its onset that chose that image. None when no
+    decision carries predictions (sessions from before they were logged, or a strategy without).
+
+    Returns
+    -------
+    predicted, observed : ndarray (pairs, units)
+        Spikes/s in the response window (counts / window length).
+    """
+    decisions: dict[int, list[tuple[float, list[float]]]] = {}
+    for s in record.selections:
+        for chosen, predicted in zip(s["chosen"], s.get("predicted") or []):
+            decisions.setdefault(chosen, []).append((s["time"], predicted))
+    if not decisions:
+        return None
+    start, end = window(record)
+    responses, predicted = [], []
+    for r in valid_responses(record):
+        made = [p for t, p in decisions.get(r["pool_index"], []) if t <= r["onset"]] if r["role"] == "chosen" else []
+        if made:
+            responses.append(r)
+            predicted.append(made[-1])
+    width = len(recorded_units(record))
+    return np.array(predicted, float).reshape(len(predicted), width) / (end - start), rates(record, responses)
+
+
 def strategy(record: SessionRecord) -> str:
     """The session's selection strategy."""
     return str(record.protocol.get("selection", {}).get("strategy", "?"))

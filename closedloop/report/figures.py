@@ -8,9 +8,12 @@ import io
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from PIL import Image
 
 DPI = 90
 PSTH_BIN = 0.010  # s
+TUNING_LINE_VALUES = 12  # a parameter with at most this many distinct values has its points joined,
+TUNING_BINS = 6  # one with more a line through the means of this many bins
 ROLE_COLOURS = {"chosen": "#1f77b4", "heldout": "#ff7f0e", "control": "#2ca02c", "fallback": "#d62728",
                 "requeued": "#9467bd"}
 OTHER_ROLE = "#7f7f7f"
@@ -20,6 +23,13 @@ def png(figure: Figure) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def image(pixels: np.ndarray) -> bytes:
+    """A stimulus (N x N x 3 uint8) as PNG bytes, pixel for pixel."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -58,6 +68,100 @@ def raster_psth(name: str, spikes: list[np.ndarray], before: float, after: float
     psth.set_xlim(-before * 1e3, after * 1e3)
     psth.set_xlabel("time from onset (ms)")
     psth.set_ylabel("spikes/s")
+    return figure
+
+
+def family_responses(name: str, spikes: dict[str, list[np.ndarray]], before: float, after: float,
+                     window: tuple[float, float], mean: dict[str, tuple[float, float]]) -> Figure:
+    """One unit's PSTH per stimulus family (spikes/s in ``PSTH_BIN`` bins) beside its mean response
+    in the window per family.
+
+    Parameters
+    ----------
+    name : str
+        The unit.
+    spikes : dict of str to list of ndarray
+        Per family, spike times (s) relative to each of its presentations' onsets.
+    before, after : float
+        Time shown before and after the onset, s.
+    window : (float, float)
+        The response window, s after onset (shaded).
+    mean : dict of str to (float, float)
+        Per family, the mean response in the window and its standard error, spikes/s.
+    """
+    figure = Figure(figsize=(8, 2.8), layout="constrained")
+    psth, bars = figure.subplots(1, 2, width_ratios=(3, 2))
+    psth.axvspan(window[0] * 1e3, window[1] * 1e3, color="#ffe8a8", zorder=0)
+    edges = np.arange(-before, after + PSTH_BIN / 2, PSTH_BIN)
+    for k, (family, trials) in enumerate(spikes.items()):
+        x = np.concatenate(trials) if trials else np.zeros(0)
+        psth.stairs(np.histogram(x, edges)[0] / max(len(trials), 1) / PSTH_BIN, edges * 1e3, color=f"C{k}",
+                    linewidth=1.2, label=f"{family} ({len(trials)})")
+    psth.set_xlim(-before * 1e3, after * 1e3)
+    psth.set_xlabel("time from onset (ms)")
+    psth.set_ylabel("spikes/s")
+    psth.set_title(f"{name}: PSTH by family (presentations)", fontsize=10)
+    psth.legend(fontsize=7, loc="upper right")
+    families = list(mean)
+    bars.bar(range(len(families)), [mean[f][0] for f in families], yerr=[mean[f][1] for f in families],
+             color=[f"C{k}" for k in range(len(families))], capsize=3)
+    bars.set_xticks(range(len(families)), families, fontsize=8)
+    bars.set_ylabel("spikes/s in the window")
+    bars.set_title("mean response by family (± s.e.m.)", fontsize=10)
+    return figure
+
+
+def tuning(name: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> Figure:
+    """One unit's mean response against each numeric parameter: a row per family, a panel per parameter.
+
+    Parameters
+    ----------
+    name : str
+        The unit.
+    curves : dict of family to dict of parameter to (values, mean, presentations)
+        The parameter's distinct values, the mean response at each (spikes/s in the window) and the
+        presentations averaged there (the point's area).
+    """
+    rows = len(curves)
+    columns = max(len(c) for c in curves.values())
+    figure = Figure(figsize=(1.75 * columns + 0.4, 1.55 * rows + 0.3), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for row, (family, found) in enumerate(curves.items()):
+        for column, ax in enumerate(axes[row]):
+            if column >= len(found):
+                ax.set_axis_off()
+                continue
+            parameter, (x, y, n) = list(found.items())[column]
+            ax.plot(*(_binned(x, y, n) if len(x) > TUNING_LINE_VALUES else (x, y)), color=f"C{row}", linewidth=0.8)
+            ax.scatter(x, y, s=6 + 10 * n / n.max(), color=f"C{row}", alpha=0.7)
+            ax.set_xlabel(parameter, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if column == 0:
+                ax.set_ylabel(f"{family}\nspikes/s", fontsize=8)
+    figure.suptitle(f"{name}: mean response per parameter value", fontsize=10)
+    return figure
+
+
+def _binned(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean x and y (weighted by presentations ``n``) in ``TUNING_BINS`` bins of about equal presentations."""
+    edges = np.searchsorted(np.cumsum(n), np.linspace(0, n.sum(), TUNING_BINS + 1)[1:-1])
+    groups = [g for g in np.split(np.arange(len(x)), np.unique(edges)) if len(g)]
+    return (np.array([np.average(x[g], weights=n[g]) for g in groups]),
+            np.array([np.average(y[g], weights=n[g]) for g in groups]))
+
+
+def predicted_observed(name: str, predicted: np.ndarray, observed: np.ndarray) -> Figure:
+    """Observed against predicted responses (spikes/s) of one unit, with the identity line."""
+    figure = Figure(figsize=(3.4, 3.2), layout="constrained")
+    ax = figure.subplots()
+    ax.scatter(predicted, observed, s=8, alpha=0.6, color="#4c72b0")
+    top = float(max(predicted.max(initial=0), observed.max(initial=0))) * 1.05 or 1.0
+    ax.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle="--")
+    r = (np.corrcoef(predicted, observed)[0, 1] if len(predicted) > 2 and np.std(predicted) > 0
+         and np.std(observed) > 0 else np.nan)
+    ax.set_title(f"{name}: r = {r:.2f}, {len(predicted)} presentations", fontsize=10)
+    ax.set_xlabel("predicted at the decision (spikes/s)")
+    ax.set_ylabel("observed (spikes/s)")
     return figure
 
 

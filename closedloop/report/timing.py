@@ -89,6 +89,7 @@ def figure(record: SessionRecord) -> Figure:
     ax.plot(aborted, np.full(len(aborted), -0.6), "|", color="grey", markersize=10, label="fixation break")
     ax.set_ylim(-1, max([1, *dropped]) + 0.5)
     ax.set_xlabel("presentation")
+    ax.set_ylabel("dropped frames")
     ax.set_title("timing events over the session", fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
     if len(corrections):

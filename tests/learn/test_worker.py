@@ -8,11 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from closedloop.config import ModelSpec, SelectionSpec
+from closedloop.config import ModelSpec, NeuronSpec, SelectionSpec, SimulationSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.learn.worker import (ACCURACY_EVERY, Accuracy, Choice, Comparison, Ready, Response, Stopped,
                                      WorkerConfig, WorkerState)
+from closedloop.record.schema import Selection, problem
 from closedloop.select.registry import make_strategy
+from closedloop.simulate.neurons import Population, build_neurons
 from closedloop.stimuli import generate_pool
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -131,3 +133,63 @@ def test_a_strategy_that_needs_no_model_chooses_before_learning(config):
         learner.learner.close()
     assert seen == [(0, 0), (3, 0)] and learner.learner.n_responses == 3
 
+
+
+# A closed loop of the worker and two simulated units it can learn (a curvature unit and a small-dot
+# detector, driven at 120 spikes/s, 0.1 s windows: about 10 spikes per response), 160 responses.
+# After the first 40 responses, each unit's expected counts logged with the decisions must
+# correlate with the counts those images then drew by more than MIN_R (about 120 images). A
+# learner that learned nothing predicts a constant (r undefined) or, if it predicted at random,
+# r would spread about 0 by 1/sqrt(117) = 0.09: MIN_R is over 3 of those. Over seeds 1-7 the
+# smaller of the two units' r was 0.49-0.71.
+LOOP_RESPONSES, LEARNED, MIN_R = 160, 40, 0.3
+WINDOW = 0.1  # s: expected counts (images, units) are the true rates times this
+
+
+def test_each_decision_logs_what_the_model_expects_of_its_images(tmp_path):
+    """Every decision once the learner has learned a response, warm-up ones too, carries one
+    expected count per chosen image and unit, as ``selections.jsonl`` takes it; the prior's are left
+    out. Once the learner has learned, they foretell the counts."""
+    pool = generate_pool({"contour": 40, "dot": 40, "grating": 40}, 32, seed=3)
+    pool.save(tmp_path / "stimuli.npz")
+    heldout = np.arange(0, len(pool), 6)
+    simulation = SimulationSpec(seed=3, mean_rate=120.0, neurons=[NeuronSpec(kind="curvature"),
+                                                                  NeuronSpec(kind="dot", radius=0.1)])
+    expected = Population(build_neurons(simulation), simulation, pool.images).rates(pool.images) * WINDOW
+    selection = SelectionSpec(strategy="disagreement", warmup=12, batch=4, no_repeat=10)
+    state = WorkerState(WorkerConfig(
+        pool_path=tmp_path / "stimuli.npz", units=("curvature", "dot"),
+        model=ModelSpec(members=3, input_px=32, channels=(4, 4, 4, 4, 4)), selection=selection,
+        strategy=make_strategy(selection.strategy), heldout=tuple(heldout.tolist()),
+        candidates=tuple(np.setdiff1d(np.arange(len(pool)), heldout).tolist()), seed=3), background=False)
+    rng = np.random.default_rng(3)
+    choices: list[Choice] = []
+
+    def keep(message) -> None:
+        if isinstance(message, Choice):
+            choices.append(message)
+
+    predicted, observed = [], []
+    try:
+        state.begin(keep)
+        while state.received < LOOP_RESPONSES:
+            choice = choices[-1]
+            batch = [Response(i, rng.poisson(expected[i]), False, 0.0) for i in choice.chosen]
+            if choice.responses >= LEARNED:
+                predicted += choice.predicted
+                observed += [r.counts for r in batch]
+            state.step(batch, keep, swap=state.learner.refreshing)  # refreshes swapped in as soon as started
+    finally:
+        state.learner.close()
+    # The first decision comes before any response, the second (random: it does not wait on learning)
+    # before the first batch is learned; the warm-up's others are predicted.
+    assert [c.predicted is None for c in choices[:3]] == [True, True, False] and choices[2].strategy == "random"
+    assert "predicted" not in choices[0].record()
+    for choice in choices[2:]:
+        assert np.shape(choice.predicted) == (len(choice.chosen), 2)
+        assert np.isfinite(choice.predicted).all() and problem(Selection, choice.record()) is None
+        assert choice.record()["predicted"] == choice.predicted
+    predicted, observed = np.array(predicted), np.array(observed, float)
+    assert len(predicted) >= 110
+    for unit in range(2):
+        assert np.corrcoef(predicted[:, unit], observed[:, unit])[0, 1] > MIN_R

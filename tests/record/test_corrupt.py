@@ -81,6 +81,12 @@ DAMAGE = {
         "responses.jsonl line 4: field 'role': 'chosen', but its marker (markers.jsonl line 4) has 'heldout'"),
     "decision choosing beyond the pool": (lambda s: edit(s / "selections.jsonl", 1, lambda r: {**r, "chosen": [1, 6]}),
                                           "selections.jsonl line 1: field 'chosen': pool index 6 is not in the pool"),
+    "predictions for the wrong units": (
+        lambda s: edit(s / "selections.jsonl", 1, lambda r: {**r, "predicted": [[1.5, 2.0], [0.5]]}),
+        "selections.jsonl line 1: field 'predicted[1]': 1 counts for the 2 recorded units"),
+    "a prediction that is not finite": (
+        lambda s: edit(s / "selections.jsonl", 1, lambda r: {**r, "predicted": [[1.5, float("inf")], [0.5, 1.0]]}),
+        "selections.jsonl line 1: field 'predicted[0][1]': Input should be a finite number"),
     "event without a kind": (lambda s: edit(s / "events.jsonl", 1, lambda r: {"trial": 0}),
                              "events.jsonl line 1: field 'kind': Field required"),
     "resume event without its presentation": (

@@ -14,7 +14,10 @@ CHECKPOINTS = "checkpoints"
 """The session's folder of model checkpoints."""
 
 SELECTION_UNITS = {"time": "when the decision was logged, s", "turnaround_ms": "last response to decision, ms",
-                   "choose_ms": "time the strategy took to choose, ms"}
+                   "choose_ms": "time the strategy took to choose, ms",
+                   "predicted": "the model's expected count of each chosen image (a row, as chosen) per recorded "
+                                "unit (a column, in the units table's order) at the decision, spikes in the response "
+                                "window"}
 
 
 def add_selections(module, record: SessionRecord, t0: float, clock: str) -> None:
