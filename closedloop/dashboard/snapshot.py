@@ -6,12 +6,12 @@ spikes per s); counts are spikes in the response window.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 
 import numpy as np
 
 from closedloop.dashboard.follow import SessionFollower
+from closedloop.record.predictions import paired_predictions
 from closedloop.report.data import aligned
 from closedloop.summary import turnaround_summary
 
@@ -97,21 +97,8 @@ def _onsets(session: SessionFollower) -> tuple[np.ndarray, np.ndarray, list[str]
 
 def _paired(session: SessionFollower) -> list[tuple[dict, int, list[float]]]:
     """Each response whose image a decision predicted, with that decision (its number) and the prediction
-    (one mean count per unit): the latest decision logged before the presentation's onset that chose it
-    (the latest that chose it, for decisions logged without a time)."""
-    decided: dict[int, list[tuple[float, int, list[float]]]] = defaultdict(list)
-    for k, selection in enumerate(session.selections):
-        for pool_index, predicted in zip(selection["chosen"], selection.get("predicted") or []):
-            decided[pool_index].append((selection.get("time", -np.inf), k, predicted))
-    pairs = []
-    for response in session.responses:
-        found = decided.get(response["pool_index"])
-        if not found:
-            continue
-        before = bisect.bisect_right([t for t, _, _ in found], response["onset"])
-        _, k, predicted = found[before - 1] if before else found[-1]
-        pairs.append((response, k, predicted))
-    return pairs
+    (:func:`closedloop.record.predictions.paired_predictions`)."""
+    return paired_predictions(session.selections, session.responses)
 
 
 def _unit(session: SessionFollower, k: int, onsets: tuple[np.ndarray, np.ndarray, list[str]],

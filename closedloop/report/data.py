@@ -14,6 +14,7 @@ import numpy as np
 
 from closedloop.acquire.photodiode import light_changes
 from closedloop.record import recorded_units
+from closedloop.record.predictions import paired_predictions
 from closedloop.record.schema import RecordedStream
 from closedloop.record.session import SessionRecord
 
@@ -125,19 +126,12 @@ def predicted_observed(record: SessionRecord) -> tuple[np.ndarray, np.ndarray] |
     predicted, observed : ndarray (pairs, units)
         Spikes/s in the response window (counts / window length).
     """
-    decisions: dict[int, list[tuple[float, list[float]]]] = {}
-    for s in record.selections:
-        for chosen, predicted in zip(s["chosen"], s.get("predicted") or []):
-            decisions.setdefault(chosen, []).append((s["time"], predicted))
-    if not decisions:
+    if not any(s.get("predicted") for s in record.selections):
         return None
     start, end = window(record)
-    responses, predicted = [], []
-    for r in valid_responses(record):
-        made = [p for t, p in decisions.get(r["pool_index"], []) if t <= r["onset"]] if r["role"] == "chosen" else []
-        if made:
-            responses.append(r)
-            predicted.append(made[-1])
+    chosen = [r for r in valid_responses(record) if r["role"] == "chosen"]
+    pairs = paired_predictions(record.selections, chosen)
+    responses, predicted = [r for r, _, _ in pairs], [p for _, _, p in pairs]
     width = len(recorded_units(record))
     return np.array(predicted, float).reshape(len(predicted), width) / (end - start), rates(record, responses)
 
