@@ -57,38 +57,48 @@ def test_offset_alone_from_one_pair():
     assert clock.to_local(np.array([3610.5]))[0] == pytest.approx(10.5)
 
 
-def test_spikes_over_lsl_are_aligned_within_a_millisecond(stream_name):
-    """Real LSL: spikes and sync events stamped on a foreign clock come out on ours."""
+def send_over_lsl(stream_name: str, clock: ClockMap, spikes: np.ndarray, onsets: np.ndarray,
+                  rng: np.random.Generator, step=lambda stamps: 0.0, on_event=None) -> tuple[np.ndarray, int]:
+    """Real LSL: ``spikes`` (channels 1-8, unit 1) and a sync event per onset (channel 0, unit = its
+    index), stamped on the acquisition clock (plus ``step(stamps)``, s) in one chunk, through a
+    SpikeInlet mapping them with ``clock``: the (time, channel, unit) rows it handed on, and the clock
+    anomalies it reported."""
     spec = StreamSpec(name=stream_name, type="Spikes")
     outlet = pylsl.StreamOutlet(spike_stream_info(spec, stream_name))
     info = resolve_stream(spec, timeout=5)
-    clock = ClockMap()
     got, done = [], threading.Event()
-    rng = np.random.default_rng(3)
-    t0 = 1000.0
-    onsets = t0 + np.arange(20) * 0.2
-    spikes = np.sort(rng.uniform(t0, t0 + 4.0, 2000))
 
     def on_spikes(times, channels, units):
         got.append(np.column_stack([times, channels, units]))
         if sum(len(g) for g in got) >= len(spikes):
             done.set()
 
-    inlet = SpikeInlet(info, on_spikes, lambda t: None, clock=clock, sync_channel=0)
+    inlet = SpikeInlet(info, on_spikes, lambda t: None, clock=clock, sync_channel=0, on_event=on_event)
     inlet.start()
     for i, t in enumerate(onsets):
         clock.add_onset(i, t)
     stamps = np.concatenate([spikes, onsets])
     samples = np.concatenate([np.column_stack([rng.integers(1, 9, len(spikes)), np.ones(len(spikes))]),
                               np.column_stack([np.zeros(len(onsets)), np.arange(len(onsets))])])
-    order = np.argsort(stamps)
-    outlet.push_chunk(samples[order].astype(np.int32), acquisition_clock(stamps[order]))
+    order = np.argsort(stamps, kind="stable")
+    stamps, samples = stamps[order], samples[order]
+    outlet.push_chunk(samples.astype(np.int32), acquisition_clock(stamps) + step(stamps))
     assert done.wait(10), "spikes did not arrive"
     inlet.stop()
-    received = np.concatenate(got)
+    return np.concatenate(got), inlet.clock_events
+
+
+def test_spikes_over_lsl_are_aligned_within_a_millisecond(stream_name):
+    """Real LSL: spikes and sync events stamped on a foreign clock come out on ours."""
+    clock = ClockMap()
+    rng = np.random.default_rng(3)
+    t0 = 1000.0
+    onsets = t0 + np.arange(20) * 0.2
+    spikes = np.sort(rng.uniform(t0, t0 + 4.0, 2000))
+    received, anomalies = send_over_lsl(stream_name, clock, spikes, onsets, rng)
     assert len(received) == len(spikes) and not np.any(received[:, 1] == 0)  # syncs are not spikes
     assert_aligned(received[:, 0], spikes, onsets)  # the requirement is a millisecond
-    assert clock.pairs == len(onsets) and inlet.clock_events == 0
+    assert clock.pairs == len(onsets) and anomalies == 0
 
 
 def test_stamps_going_backwards_or_jumping_are_reported(stream_name):
@@ -145,36 +155,15 @@ def test_spikes_over_lsl_follow_a_clock_step_ahead_and_back(stream_name):
     """Real LSL: the acquisition stamps (spikes and syncs) step 5 s ahead and back; the inlet sees
     each jump, the map starts a new segment there, and every spike still lands where it was
     fired (see assert_aligned); each step is reported once, with its size."""
-    spec = StreamSpec(name=stream_name, type="Spikes")
-    outlet = pylsl.StreamOutlet(spike_stream_info(spec, stream_name))
-    info = resolve_stream(spec, timeout=5)
     steps, events = [], []
     clock = ClockMap(on_step=steps.append)
-    got, done = [], threading.Event()
     rng = np.random.default_rng(4)
     t0 = 1000.0
     onsets = t0 + np.arange(60) * 0.2
     spikes = np.sort(rng.uniform(t0, t0 + 12.0, 3000))
-
-    def on_spikes(times, channels, units):
-        got.append(times)
-        if sum(len(g) for g in got) >= len(spikes):
-            done.set()
-
-    inlet = SpikeInlet(info, on_spikes, lambda t: None, clock=clock, sync_channel=0, on_event=events.append)
-    inlet.start()
-    for i, t in enumerate(onsets):
-        clock.add_onset(i, t)
-    stamps = np.concatenate([spikes, onsets])
-    samples = np.concatenate([np.column_stack([rng.integers(1, 9, len(spikes)), np.ones(len(spikes))]),
-                              np.column_stack([np.zeros(len(onsets)), np.arange(len(onsets))])])
-    order = np.argsort(stamps, kind="stable")
-    stamps, samples = stamps[order], samples[order]
-    stepped = np.where((stamps >= t0 + 4.0) & (stamps < t0 + 8.0), 5.0, 0.0)
-    outlet.push_chunk(samples.astype(np.int32), acquisition_clock(stamps) + stepped)
-    assert done.wait(10), "spikes did not arrive"
-    inlet.stop()
-    assert_aligned(np.concatenate(got), spikes, onsets)
+    received, _ = send_over_lsl(stream_name, clock, spikes, onsets, rng, on_event=events.append,
+                             step=lambda stamps: np.where((stamps >= t0 + 4.0) & (stamps < t0 + 8.0), 5.0, 0.0))
+    assert_aligned(received[:, 0], spikes, onsets)
     moved = 5.0 / (1 + DRIFT)  # s of this clock
     assert [s["seconds"] for s in steps] == [pytest.approx(moved), pytest.approx(-moved)]
     assert [s["cause"] for s in steps] == ["clock_jump", "clock_backwards"]
