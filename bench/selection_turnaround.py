@@ -22,22 +22,34 @@ response so far (the evidence search over the ridge) and the whole pool rescored
 posterior, then the same policy decision. The next refresh starts after each choice, untimed, as
 in the worker.
 
+With ``--learners N`` it times instead, end to end as the session sees it, the model worker as a
+child process and as a Ray actor (local Ray, or the cluster at ``--ray-address``: the learner on
+another host), one after the other in the same run on the same responses: from a response handed
+on (:meth:`~closedloop.learn.worker.Worker.send_response`) to its decision in
+:meth:`~closedloop.learn.worker.Worker.messages` (polled every 0.2 ms), for ``N`` responses after
+``--before`` untimed ones, one response at a time every ``--interval`` s; it prints each one's
+median and p99 and the actor's median over the process's.
+
     python bench/selection_turnaround.py --neurons 96 --candidates 10000 --json turnaround.json
+    python bench/selection_turnaround.py --neurons 96 --candidates 2000 --learners 300 [--ray-address ray://gpu:10001]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pylsl
 import torch
 from threadpoolctl import threadpool_limits
 
-from closedloop.config import ModelSpec
+from closedloop.config import LearnerSpec, ModelSpec, SelectionSpec
 from closedloop.learn import OnlineLearner
+from closedloop.learn.worker import Choice, ModelWorker, Worker, WorkerConfig
 from closedloop.learn.readout import count_variance, expected_counts, fit, stabilise, with_intercept
 from closedloop.select.policy import SelectionPolicy
 from closedloop.select.registry import make_strategy
@@ -71,6 +83,71 @@ def stats(times: list[float]) -> dict:
             "max_ms": float(times.max())}
 
 
+def through(worker: Worker, rates: np.ndarray, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """Round trips (ms) from a response handed on to its decision seen in ``worker.messages()``, and
+    the decisions' own ``turnaround_ms``, over ``args.learners`` responses after ``args.before``;
+    each response is to an image the decision before chose (seeded: the same for every worker)."""
+    rng = np.random.default_rng(1)
+
+    def decision(received: int) -> Choice:
+        while True:
+            choice = next((m for m in worker.messages() if isinstance(m, Choice) and m.received == received), None)
+            if choice is not None:
+                return choice
+            worker.check_alive()
+            time.sleep(0.0002)
+
+    worker.start()
+    try:
+        chosen, trips, turnarounds = list(decision(0).chosen), [], []
+        for n in range(args.before + args.learners):
+            index = chosen.pop(0) if chosen else int(rng.integers(len(rates)))
+            started = time.perf_counter()
+            worker.send_response(index, rng.poisson(rates[index]), False, pylsl.local_clock())
+            choice = decision(n + 1)
+            trip = (time.perf_counter() - started) * 1e3
+            chosen = list(choice.chosen)
+            if n >= args.before:
+                trips.append(trip)
+                turnarounds.append(choice.turnaround_ms)
+            time.sleep(max(0.0, args.interval - trip / 1e3))
+    finally:
+        worker.stop()
+    return trips, turnarounds
+
+
+def learners(args: argparse.Namespace, pool, spec: ModelSpec) -> dict:
+    """The model worker as a process and as a Ray actor, timed end to end on the same responses."""
+    from closedloop.cluster import connect
+    from closedloop.learn.remote import RayWorker
+
+    print(f"Ray: {connect(args.ray_address)}")
+    heldout = 30
+    rates = np.random.default_rng(0).gamma(2.0, 1.2, (len(pool), args.neurons))  # about 2.4 spikes per window
+    selection = SelectionSpec(strategy=args.strategy, batch=args.batch, warmup=0, no_repeat=args.no_repeat)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pool.save(Path(tmp) / "stimuli.npz")
+        for name in ("process", "ray"):
+            folder = Path(tmp) / name
+            config = WorkerConfig(pool_path=Path(tmp) / "stimuli.npz", units=tuple(f"unit{i}" for i in range(args.neurons)),
+                                  model=spec, selection=selection, strategy=make_strategy(args.strategy),
+                                  candidates=tuple(range(heldout, len(pool))), heldout=tuple(range(heldout)), seed=0,
+                                  checkpoints=folder / "checkpoints", cores=folder / "cores")
+            worker = ModelWorker(config) if name == "process" else \
+                RayWorker(config, folder, LearnerSpec(where="ray", address=args.ray_address))
+            trips, turnarounds = through(worker, rates, args)
+            results[name] = {**stats(trips), "where": worker.where,
+                             "turnaround_ms_median": float(np.median(turnarounds))}
+            print(f"{name}: over {len(trips)} responses, handed on to decision seen: median "
+                  f"{results[name]['median_ms']:.2f} ms, p99 {results[name]['p99_ms']:.2f} ms (decisions' own "
+                  f"turnaround_ms: median {results[name]['turnaround_ms_median']:.2f} ms)")
+    ratio = results["ray"]["median_ms"] / results["process"]["median_ms"]
+    print(f"Ray actor over process: median {ratio:.2f}x (+{results['ray']['median_ms'] - results['process']['median_ms']:.2f} "
+          f"ms), p99 {results['ray']['p99_ms'] / results['process']['p99_ms']:.2f}x")
+    return {**results, "ratio_median": ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neurons", type=int, default=96)
@@ -87,6 +164,9 @@ def main() -> None:
     parser.add_argument("--no-repeat", type=int, default=50)
     parser.add_argument("--today", default=TODAY, help="commit whose learner is today's baseline ('': skip it)")
     parser.add_argument("--today-responses", type=int, default=50, help="responses timed for today's learner")
+    parser.add_argument("--learners", type=int, default=0, help="responses timed through the model worker as a "
+                        "process and as a Ray actor, instead of the rest (0: the rest)")
+    parser.add_argument("--ray-address", default=None, help="with --learners: the Ray cluster (default: a local Ray)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -103,6 +183,12 @@ def main() -> None:
     print(f"pool: {len(pool)} candidates rendered in {time.perf_counter() - t:.1f} s; {args.neurons} neurons")
 
     spec = ModelSpec() if args.finetune_every is None else ModelSpec(finetune_every=args.finetune_every)
+    if args.learners:
+        result = learners(args, pool, spec)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"neurons": args.neurons, "candidates": len(pool), "strategy": args.strategy,
+                                             "batch": args.batch, "interval_s": args.interval, **result}, indent=1))
+        return
     t = time.perf_counter()
     learner = OnlineLearner(pool.images, args.neurons, spec, seed=0, background=True)
     print(f"learner: {learner.core.name}, {learner.projection.dims} dims, fine-tuned every {spec.finetune_every} "

@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from closedloop.config import load_protocol, load_rig, with_metadata
+from closedloop.config import load_protocol, load_rig, with_learner, with_metadata
 from closedloop.dashboard import TOKEN_VARIABLE
 from closedloop.errors import ClosedLoopError
 
@@ -93,6 +93,21 @@ def _metadata(options: dict) -> dict:
            "lab": options.pop("lab")}
     return {"subject": {k: v for k, v in subject.items() if v is not None},
             "lab": {k: v for k, v in lab.items() if v is not None}}
+
+
+def _learner_options(command):
+    """``--learner`` and ``--ray-address``: where the model worker runs, over the rig's ``[learner]``."""
+    options = [
+        click.option("--learner", type=click.Choice(["process", "ray"]), default=None,
+                     help="Where the model worker runs: a child process, or a Ray actor.  [default: the rig's "
+                          "[learner], else process]"),
+        click.option("--ray-address", default=None,
+                     help="The Ray cluster of a Ray learner: auto, HOST:6379, or ray://HOST:10001 (Ray Client); "
+                          "implies --learner ray.  [default: the rig's [learner] address, else a local Ray]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 DASHBOARD_HOST = "127.0.0.1"
@@ -214,6 +229,8 @@ def _run(protocol, rig, session: Path, title: str, resume: bool = False) -> dict
         if shown and not console.is_terminal:  # rich leaves a redirected stream after the view's last row
             console.line()
     console.print(f"session recorded in {session}")
+    if (summary.get("learner") or {}).get("where") == "ray":
+        console.print(f"model worker: {_learner(summary['learner'])}", markup=False)
     if summary["status"] != "complete":
         console.print(f"the run ended early: {summary['status'].replace('_', ' ')}")
     return summary
@@ -225,15 +242,17 @@ def _run(protocol, rig, session: Path, title: str, resume: bool = False) -> dict
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sessions"), show_default=True,
               help="Directory that receives the session directory.")
 @click.option("--strategy", default=None, help="Override the protocol's selection strategy.")
+@_learner_options
 @_metadata_options
 @_dashboard_options
-def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None, dashboard: bool, host: str | None,
-        port: int | None, token: str | None, **metadata) -> None:
+def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None, learner: str | None,
+        ray_address: str | None, dashboard: bool, host: str | None, port: int | None, token: str | None,
+        **metadata) -> None:
     """Run PROTOCOL on a rig; prints the session summary as JSON."""
     import json
 
     proto = _with_strategy(load_protocol(protocol), strategy)
-    rig = with_metadata(load_rig(rig_path), **_metadata(metadata))
+    rig = with_learner(with_metadata(load_rig(rig_path), **_metadata(metadata)), learner, ray_address)
     session = _session_dir(out, proto, rig)
     with _dashboard(session, dashboard, host, port, token):
         summary = _run(proto, rig, session, f"{proto.protocol.name} ({proto.selection.strategy})")
@@ -242,12 +261,16 @@ def run(protocol: Path, rig_path: Path, out: Path, strategy: str | None, dashboa
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
+@_learner_options
 @_dashboard_options
-def resume(session: Path, dashboard: bool, host: str | None, port: int | None, token: str | None) -> None:
-    """Continue SESSION where it stopped (a killed or failed run), with its own protocol and rig."""
+def resume(session: Path, learner: str | None, ray_address: str | None, dashboard: bool, host: str | None,
+           port: int | None, token: str | None) -> None:
+    """Continue SESSION where it stopped (a killed or failed run), with its own protocol and rig (the
+    learner may run elsewhere this time)."""
     import json
 
-    protocol, rig = load_protocol(session / "protocol.json"), load_rig(session / "rig.json")
+    protocol = load_protocol(session / "protocol.json")
+    rig = with_learner(load_rig(session / "rig.json"), learner, ray_address)
     with _dashboard(session, dashboard, host, port, token):
         summary = _run(protocol, rig, session, f"{protocol.protocol.name} (resumed)", resume=True)
     click.echo(json.dumps(summary, indent=2))
@@ -362,10 +385,13 @@ def simulate(rig_path: Path, stimuli: Path, session_id: str | None) -> None:
               default=PROJECT / "protocols" / "demo.toml", show_default=True)
 @click.option("--rig", "rig_path", type=click.Path(path_type=Path),
               default=PROJECT / "rigs" / "sim.toml", show_default=True)
+@_learner_options
 @_metadata_options
-def demo(out: Path, protocol_path: Path, rig_path: Path, **metadata) -> None:
+def demo(out: Path, protocol_path: Path, rig_path: Path, learner: str | None, ray_address: str | None,
+         **metadata) -> None:
     """The closed loop on the simulated rig: model-chosen images against random ones."""
-    protocol, rig = load_protocol(protocol_path), with_metadata(load_rig(rig_path), **_metadata(metadata))
+    protocol = load_protocol(protocol_path)
+    rig = with_learner(with_metadata(load_rig(rig_path), **_metadata(metadata)), learner, ray_address)
     summaries = [
         _run(_with_strategy(protocol, strategy), rig, _session_dir(out, protocol, rig), f"demo: {strategy}")
         for strategy in dict.fromkeys([protocol.selection.strategy, "random"])
@@ -373,8 +399,16 @@ def demo(out: Path, protocol_path: Path, rig_path: Path, **metadata) -> None:
     results.print(comparison_table(summaries))
     for s in summaries:
         results.print(f"{s['strategy']}: {s['deadline_misses']} deadline misses, selection turnaround "
-                      f"median {_fmt(s['turnaround_ms']['median'])} ms, core {s['core']}, session {s['session']}",
+                      f"median {_fmt(s['turnaround_ms']['median'])} ms, core {s['core']}, learner "
+                      f"{_learner(s['learner'])}, session {s['session']}",
                       markup=False, soft_wrap=True)
+
+
+def _learner(where: dict | None) -> str:
+    """Where a session's model worker ran, in words (a Ray actor: its node and Ray's version)."""
+    if not where or where["where"] == "process":
+        return "a process"
+    return f"a Ray actor on {where.get('node', '?')} ({where.get('ray')})"
 
 
 def comparison_table(summaries: list[dict]) -> Table:
@@ -587,9 +621,9 @@ def bench_efficiency(twins_dir: Path, pool_paths: tuple[Path, ...], heldout_path
                      core_models: int, heldout_limit: int, strategy_text: str, budget: int, batch: int, seeds: int,
                      target: float | None, cache: Path | None, json_path: Path | None) -> None:
     """Trials each strategy needs to reach a held-out accuracy target on digital twins, against random."""
-    from closedloop.benchmarks.efficiency import Arm, efficiency_from_paths
+    from closedloop.benchmarks.efficiency import efficiency_from_paths, parse_arms
 
-    arms = [Arm.parse(item) for item in strategy_text.split(";") if item.strip()]
+    arms = parse_arms(strategy_text)
     report = efficiency_from_paths(twins_dir, pool_paths, heldout_path, features_dir, limit, core_models,
                                    heldout_limit, arms, budget, batch, seeds, target,
                                    cache, log=lambda message: console.print(message))
@@ -622,17 +656,15 @@ def bench_hypotheses(pool_path: Path | None, neurons: int, threshold: float, bud
     fixed design (every stimulus of the pool in random order), with the false-decision rate; or, with
     --twins, on compact-model twins against the full fixed design."""
     from closedloop.benchmarks import hypotheses as bench_module
-    from closedloop.stimuli.load import load_pool
 
+    pool = bench_module.load_bench_pool(pool_path, twins=twins_dir is not None)
     if twins_dir is not None:
-        pool = None if pool_path is None else load_pool(pool_path, 112)[0]
         result = bench_module.run_twin_bench(twins_dir, pool, limit, threshold, budget, seed=seed,
                                              progress=lambda run: console.print(
                                                  f"twin {run.twin}: full design {run.full or 'undecided'}, "
                                                  f"adaptive {run.adaptive or 'undecided'} after {run.trials}"))
         click.echo(bench_module.format_twin_bench(result))
     else:
-        pool = None if pool_path is None else load_pool(pool_path, 64)[0]
         result = bench_module.run_hypothesis_bench(pool, neurons, threshold, budget or 500, seed=seed,
                                                    progress=lambda run: console.print(
                                                        f"{run.design} test of a {run.group} neuron: "
@@ -683,9 +715,7 @@ def replay_command(source: Path, strategy: str | None, out: Path | None, seed: i
 
     options = {k: v for k, v in (("events", events), ("log", log_path)) if v is not None}
     opened = open_source(source, protocol_path, pool_path, **options)
-    if every is None and not opened.selections:
-        every = opened.protocol.selection.batch
-    cadence = Cadence(every, refresh_every, accuracy_every) if every is not None else None
+    cadence = Cadence.of(opened, every, refresh_every, accuracy_every)
     out = out or Path("replays") / source.stem
     with console.status(f"replaying {source} ..."):
         report = replay(opened, out, strategy, seed, cadence, twin_epochs)
@@ -948,3 +978,8 @@ def report_command(sessions: tuple[Path, ...], out: Path | None) -> None:
     from closedloop.report import write_report
 
     click.echo(f"report written to {write_report(list(sessions), out)}")
+
+
+from closedloop.sweep.cli import sweep  # noqa: E402 - the sweep commands, registered last
+
+main.add_command(sweep)

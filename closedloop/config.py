@@ -264,6 +264,35 @@ class RecordingSpec(Strict):
     description: Name = "electrode array"
 
 
+def _ray_address(text: str) -> str:
+    if not re.fullmatch(r"auto|(ray://)?[^\s/:]+:\d{1,5}", text):
+        raise ValueError(f"{text!r} is not a Ray address: auto, HOST:PORT (the head's GCS, 6379) or "
+                         "ray://HOST:PORT (Ray Client, 10001)")
+    return text
+
+
+class LearnerSpec(Strict):
+    """Where the model worker (the online learner and the selection policy) runs: a child process
+    of the session, or a Ray actor on this machine or on a cluster's node (a GPU machine in the
+    next room), fed over the network while the presenter never waits on it (see
+    :mod:`closedloop.learn.remote`)."""
+
+    where: Literal["process", "ray"] = Field("process", description="process: a child process of the "
+                                             "session; ray: a Ray actor")
+    address: Annotated[str, AfterValidator(_ray_address)] | None = Field(
+        None, description="ray: the cluster (auto, HOST:6379, ray://HOST:10001); none: a local Ray on this machine")
+    cpus: Annotated[float, Field(gt=0, le=1024, description="ray: CPUs the actor reserves")] = 1.0
+    gpus: Annotated[float, Field(ge=0, le=64, description="ray: GPUs the actor reserves (a fraction "
+                                 "shares one)")] = 0.0
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> LearnerSpec:
+        if self.where == "process" and (self.address is not None or self.cpus != 1 or self.gpus):
+            raise ValueError("address, cpus and gpus place a Ray actor: they need where = 'ray' "
+                             "(a process learner runs beside the session)")
+        return self
+
+
 class Rig(Strict):
     """A validated rig file."""
 
@@ -290,6 +319,7 @@ class Rig(Strict):
     lab: LabSpec = LabSpec()
     recording: RecordingSpec = RecordingSpec()
     simulation: SimulationSpec | None = None
+    learner: LearnerSpec = LearnerSpec()
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -575,6 +605,19 @@ def load_protocol(path: Path | str) -> Protocol:
     return protocol.model_copy(update={"model": model})
 
 
+def _given(spec: Settings, given: dict, options: dict[str, str]) -> Settings:
+    """``spec`` with the fields ``given`` on the command line replaced, checked as the file's would
+    be; a bad value is one line naming its option (``options``: field to option, else ``--field``;
+    a check across fields names the first option given)."""
+    try:
+        return type(spec).model_validate({**spec.model_dump(), **given})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else next(iter(given))
+        option = options.get(field, "--" + field.replace("_", "-"))
+        raise ClosedLoopError(f"{option}: {' '.join(first['msg'].removeprefix('Value error, ').split())}") from None
+
+
 def with_metadata(rig: Rig, subject: dict | None = None, lab: dict | None = None) -> Rig:
     """``rig`` with subject and lab fields replaced by those given (the command line's ``--subject-id``
     ...), each checked as the rig file's would be.
@@ -584,16 +627,30 @@ def with_metadata(rig: Rig, subject: dict | None = None, lab: dict | None = None
     ClosedLoopError
         One line naming the option: ``--species: String should match pattern ...``.
     """
-    update = {}
-    for table, given, model in (("subject", subject, SubjectSpec), ("lab", lab, LabSpec)):
-        if given:
-            try:
-                update[table] = model.model_validate({**getattr(rig, table).model_dump(), **given})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                name = {"id": "subject-id"}.get(str(first["loc"][0]), str(first["loc"][0]).replace("_", "-"))
-                raise ClosedLoopError(f"--{name}: {' '.join(first['msg'].removeprefix('Value error, ').split())}") from None
+    update = {table: _given(getattr(rig, table), given, {"id": "--subject-id"})
+              for table, given in (("subject", subject), ("lab", lab)) if given}
     return rig.model_copy(update=update)
+
+
+def with_learner(rig: Rig, where: str | None = None, address: str | None = None) -> Rig:
+    """``rig`` with its ``[learner]`` replaced from the command line: ``--learner`` (``process``
+    drops the table's Ray settings) and ``--ray-address`` (a Ray learner there), checked as the rig
+    file's would be.
+
+    Raises
+    ------
+    ClosedLoopError
+        One line naming the option: ``--ray-address: 'x' is not a Ray address ...``.
+    """
+    options = {"where": "--learner", "address": "--ray-address"}
+    if where == "process":
+        if address is not None:
+            raise ClosedLoopError("--ray-address: needs --learner ray (a process learner runs beside the session)")
+        return rig.model_copy(update={"learner": LearnerSpec()})
+    if where is None and address is None:
+        return rig
+    given = {"where": "ray", **({} if address is None else {"address": address})}
+    return rig.model_copy(update={"learner": _given(rig.learner, given, options)})
 
 
 def to_jsonable(config: BaseModel) -> dict:

@@ -1,15 +1,16 @@
 """One closed-loop session as one object: :meth:`Session.open`, :meth:`Session.run`, :meth:`Session.close`.
 
 The presentation loop runs in the calling thread and never waits: spikes arrive on an ingestion
-thread, the model learns and chooses in a worker process, the session writer appends on its own
-thread. When the model has not delivered the next image in time, a random fallback image is
+thread, the model learns and chooses in a worker (a child process, or a Ray actor on this machine or
+another host: the rig's ``[learner]``), the session writer appends on its own thread. When the model has not delivered the next image in time, a random fallback image is
 shown and the miss is counted and logged.
 
 A :class:`Session` owns everything it starts (the marker outlet, the simulator of a simulated
 rig, the model worker, the inlets, the presenter, the writer), so its guarantees live here:
 
 * **No orphans.** The simulator and the model worker die with this process, even under SIGKILL,
-  and ignore Ctrl-C (:mod:`closedloop.children`): the session stops them.
+  and ignore Ctrl-C (:mod:`closedloop.children`; a Ray actor dies with its driver): the session
+  stops them.
 * **Its own streams.** The marker outlet's source_id is the rig's, the same in every session
   (:func:`closedloop.acquire.streams.marker_stream`: a recorder can pin it in advance), and its
   ``<desc>`` names the session (its directory name); a simulated rig's simulator serves that
@@ -19,8 +20,8 @@ rig, the model worker, the inlets, the presenter, the writer), so its guarantees
   pinned as its rig file says.
 * **Faults end the run in one line.** After every presentation and between trials the session
   looks at its children and streams: a simulator that exited (its status and the last line of
-  ``simulator.log``), a model worker that failed (its own error) or exited (its status), an inlet
-  that failed. The run then ends with a :class:`~closedloop.errors.ClosedLoopError` within one
+  ``simulator.log``), a model worker that failed (its own error) or exited (its status; a Ray
+  actor that died or cannot be reached), an inlet that failed. The run then ends with a :class:`~closedloop.errors.ClosedLoopError` within one
   presentation (a trial waiting for fixation: within ``[trial] acquire`` s), with the record
   complete and a full summary (status ``failed``, ``error`` the line). A simulator is not
   restarted. A spike stream silent beyond ``[spikes] lost_after`` s ends the run cleanly (status
@@ -58,7 +59,7 @@ from closedloop.checks import check_session
 from closedloop.children import set_death_signal, sigint_shielded
 from closedloop.config import Protocol, Rig, StreamSpec, UnitSpec, to_jsonable
 from closedloop.errors import ClosedLoopError, one_line
-from closedloop.learn.worker import (Accuracy, Choice, Comparison, Error, Message, ModelWorker, Stopped,
+from closedloop.learn.worker import (Accuracy, Choice, Comparison, Error, Message, ModelWorker, Stopped, Worker,
                                      WorkerConfig, cores_folder)
 from closedloop.present import open_presenter
 from closedloop.present.geometry import Layout
@@ -71,6 +72,7 @@ from closedloop.record.session import ADDED
 from closedloop.select.policy import RoleSchedule
 from closedloop.select.registry import make_strategy
 from closedloop.stimuli.candidates import candidate_pool, split_pool
+from closedloop.stimuli.pool import first_added
 from closedloop.summary import (clock_summary, frame_summary, mean_counts, photodiode_summary,
                                 turnaround_summary)
 
@@ -177,7 +179,7 @@ class Session:
         self.writer: SessionWriter | None = None
         self.markers: MarkerOutlet | None = None
         self.simulator: subprocess.Popen | None = None
-        self.worker: ModelWorker | None = None
+        self.worker: Worker | None = None
         self.inlet: SpikeInlet | None = None
         self.photodiode: PhotodiodeInlet | None = None
         self.gaze: GazeInlet | None = None
@@ -313,7 +315,9 @@ class Session:
         self.layout = Layout.of(self.rig.display, self.protocol.stimulus, self.protocol.trial)
         record = read_session(self.path) if self.resume else None
         self.pool = record.pool if record else candidate_pool(self.protocol, self.layout.patch_px)
-        self.candidates, self.heldout = split_pool(len(self.pool), self.protocol.heldout.images, p.seed)
+        started_with = first_added(self.path / ADDED) if record else None  # the split is the first run's
+        self.candidates, self.heldout = split_pool(len(self.pool) if started_with is None else started_with,
+                                                   self.protocol.heldout.images, p.seed)
         self.strategy.check([u.name for u in self.units], self.pool)
         if record is None:
             self.next_index = self.trial = self.lifetime = 0
@@ -360,17 +364,24 @@ class Session:
                                           f"appear within {SIMULATOR_START:g} s: {exc}") from None
 
     def _start_worker(self, recorded: list[dict]) -> None:
+        """The model worker where the rig's ``[learner]`` says; it learns ``recorded`` first."""
         p, rig = self.protocol.protocol, self.rig
-        self.worker = ModelWorker(WorkerConfig(
+        config = WorkerConfig(
             pool_path=self.path / "stimuli.npz", units=tuple(u.name for u in self.units), model=self.protocol.model,
             selection=self.protocol.selection, strategy=self.strategy, candidates=tuple(self.candidates.tolist()),
             heldout=tuple(self.heldout.tolist()), seed=p.seed, truth=rig.simulation if rig.rig.simulated else None,
             checkpoints=self.path / "checkpoints", added=self.path / ADDED,
-            cores=cores_folder(self.path, self.lifetime)))
+            cores=cores_folder(self.path, self.lifetime))
+        if rig.learner.where == "ray":
+            from closedloop.learn.remote import RayWorker
+
+            self.worker = RayWorker(config, self.path, rig.learner)
+        else:
+            self.worker = ModelWorker(config)
         ready = self.worker.start()
         self.core = ready.core
         self.writer.log("events", {"kind": "model_ready", "core": ready.core, "features": ready.features,
-                                   "time": pylsl.local_clock()})
+                                   "learner": self.worker.where, "time": pylsl.local_clock()})
         for r in recorded:  # what the animal already showed us
             self.worker.send_response(r["pool_index"], np.array(r["counts"]), r["role"] == "heldout",
                                       pylsl.local_clock())
@@ -568,7 +579,7 @@ class Session:
         for stream in (self.inlet, self.photodiode, self.gaze, *self.recorded):
             if stream is not None:
                 stream.stop()
-        if self.worker is not None and self.worker.process.is_alive():
+        if self.worker is not None and self.worker.is_alive():
             self._handle(self.worker.stop())
         self.writer.flush()
         self.summary = self._summary(read_session(self.path), status, error)
@@ -590,6 +601,7 @@ class Session:
             "spikes": int(inlet.received) if inlet else 0,
             "unknown_spikes": self.aligner.unknown_spikes if self.aligner else 0,
             "units": [u.name for u in self.units], "core": self.core,
+            "learner": self.worker.where if self.worker else None,
             "mean_counts": mean_counts(record.responses),
             "heldout_r_observed": final.get("r_observed"), "heldout_r_true": final.get("r_true"),
             "accuracy_over_time": [{key: a.get(key) for key in ("responses", "r_observed", "r_true")}

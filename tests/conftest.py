@@ -146,3 +146,14 @@ def processes() -> type[Processes]:
 @pytest.fixture(scope="session")
 def sim_files() -> type[SimFiles]:
     return SimFiles
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) for every test that needs it; shut down at the end of the run."""
+    import ray
+
+    from closedloop.cluster import connect
+
+    yield connect(None, cpus=2)
+    ray.shutdown()

@@ -118,7 +118,7 @@ def test_demo_compares_model_chosen_with_random(tmp_path, stream_name, sim_files
         assert json.loads((session / "rig.json").read_text())["subject"]["id"] == "M7"
     for session in sessions:  # the learner's core (the scratch CNN: no shared data needed), recorded and shown
         core = json.loads((session / "summary.json").read_text())["core"]
-        assert core.startswith("scratch") and f"core {core}, session {session}" in result.stdout
+        assert core.startswith("scratch") and f"core {core}, learner a process, session {session}" in result.stdout
     for unit in ("curvature", "dot", "orientation"):
         assert unit in result.stdout
 

@@ -25,12 +25,17 @@ control_fraction`` does), so mixtures with random controls are measured like any
 Figures: trials to reach a target r (linear interpolation between scored points), the ratio of
 random's trials to each strategy's, and the mean true response of the shown images relative to
 random's (the drive).
+
+A session is :func:`run_arm`; ``closedloop sweep efficiency`` (:mod:`closedloop.sweep.efficiency`)
+runs the same function as one Ray task per strategy, twin, seed and setting, on the same
+:class:`EfficiencyData`, and reports through the same :class:`EfficiencyReport`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -93,7 +98,9 @@ def _cached(cache: Path | None, key: str, compute) -> np.ndarray:
         return np.load(path)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, value)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")  # cells on one machine share the cache
+    np.save(partial, value)
+    partial.replace(path)
     return value
 
 
@@ -202,14 +209,19 @@ def heldout_r(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(np.median(r))
 
 
+def model_files(path: Path) -> tuple[Path, Path]:
+    """A published compact model's two files: the ``.pt`` and its ``.nums_filters.npy``."""
+    path = Path(path)
+    return path, path.with_name(path.stem + ".nums_filters.npy")
+
+
 def core_folder(models: list[Path], folder: Path) -> Path:
     """A folder of links to the chosen compact models (each ``.pt`` and its ``.nums_filters.npy``),
     so a ``compact`` core (:class:`~closedloop.config.CoreSpec`) reads exactly those."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for path in models:
-        path = Path(path).resolve()
-        for source in (path, path.with_name(path.stem + ".nums_filters.npy")):
+        for source in model_files(Path(path).resolve()):
             link = folder / source.name
             if not link.exists():
                 link.symlink_to(source)
@@ -344,7 +356,6 @@ class EfficiencyReport:
             })
         return rows
 
-
     def table(self) -> str:
         """The printed figures."""
         lines = [f"{self.twins} twins; target: held-out r {self.target:.3f} (median over twins); "
@@ -372,12 +383,43 @@ class EfficiencyReport:
             lines.append(f"  {name:<18}" + " ".join(f"{r[n.index(m)]:>6.3f}" for m in marks))
         return "\n".join(lines)
 
-    def write_json(self, path: Path) -> None:
-        """Rows, curves and every session's figures as JSON."""
-        data = {"target": self.target, "twins": self.twins, "rows": self.rows(),
+    def to_json(self) -> dict:
+        """Rows, curves and every session's figures."""
+        return {"target": self.target, "twins": self.twins, "rows": self.rows(),
                 "arms": [vars(arm) for arm in self.arms],
                 "sessions": {name: [vars(s) for s in runs] for name, runs in self.sessions.items()}}
-        Path(path).write_text(json.dumps(data, indent=1, default=float))
+
+    def write_json(self, path: Path) -> None:
+        """:meth:`to_json` written to ``path``."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=1, default=float))
+
+    @classmethod
+    def of(cls, sessions: dict[str, list[SessionResult]], arms: list[Arm], twins: int,
+           target: float | None = None) -> EfficiencyReport:
+        """The report of ``sessions`` (by arm label, random's among them); ``target`` defaults to the
+        r random reaches at the full budget (median over its sessions)."""
+        if target is None:
+            target = float(np.median([s.r[-1] for s in sessions["random"]]))
+        return cls(sessions, target, twins, arms)
+
+
+def with_random(arms: list[Arm]) -> list[Arm]:
+    """``arms`` after random (always measured, first: the baseline of every ratio); a one-line error
+    when two share a label."""
+    arms = [Arm("random", "random")] + [arm for arm in arms if arm.label != "random"]
+    if len({arm.label for arm in arms}) < len(arms):
+        raise ClosedLoopError("strategies: two rows share a label (name them LABEL=NAME)")
+    return arms
+
+
+def run_arm(world: TwinWorld, spec: ModelSpec, arm: Arm, seed: int, budget: int = 400,
+            cache: Path | None = None, **session) -> SessionResult:
+    """One simulated session of ``arm`` with ``seed`` (:func:`simulate_session`, ``session`` its
+    other settings) on one BLAS thread: a multi-threaded BLAS on a shared machine is many times
+    slower. The unit of work of a benchmark, and a cell of ``closedloop sweep efficiency``."""
+    with threadpool_limits(1):
+        return simulate_session(world, spec, arm.strategy, arm.params, budget=budget, seed=seed, cache=cache,
+                                control=arm.control, **session)
 
 
 def run_efficiency(world: TwinWorld, core: CoreSpec, arms: list[Arm], budget: int = 400,
@@ -391,23 +433,54 @@ def run_efficiency(world: TwinWorld, core: CoreSpec, arms: list[Arm], budget: in
     random needs about ``budget`` trials and a strategy's ratio says how many fewer it needs.
     """
     spec = learner_spec(core, members)
-    arms = [Arm("random", "random")] + [arm for arm in arms if arm.label != "random"]
-    if len({arm.label for arm in arms}) < len(arms):
-        raise ClosedLoopError("strategies: two rows share a label (name them LABEL=NAME)")
+    arms = with_random(arms)
     sessions: dict[str, list[SessionResult]] = {}
     for arm in arms:
         sessions[arm.label] = []
-        with threadpool_limits(1):  # a multi-threaded BLAS on a shared machine is many times slower
-            for seed in range(seeds):
-                started = time.perf_counter()
-                run = simulate_session(world, spec, arm.strategy, arm.params, budget=budget, seed=seed,
-                                       cache=cache, control=arm.control, **session)
-                sessions[arm.label].append(run)
-                log(f"{arm.label} seed {seed}: r {run.r[-1]:.3f} after {budget} trials "
-                    f"({time.perf_counter() - started:.0f} s)")
-    if target is None:
-        target = float(np.median([s.r[-1] for s in sessions["random"]]))
-    return EfficiencyReport(sessions, target, len(world.names), arms)
+        for seed in range(seeds):
+            started = time.perf_counter()
+            run = run_arm(world, spec, arm, seed, budget, cache, **session)
+            sessions[arm.label].append(run)
+            log(f"{arm.label} seed {seed}: r {run.r[-1]:.3f} after {budget} trials "
+                f"({time.perf_counter() - started:.0f} s)")
+    return EfficiencyReport.of(sessions, arms, len(world.names), target)
+
+
+@dataclass
+class EfficiencyData:
+    """What every simulated session of a benchmark reads: the twins, the compact models whose cores
+    make the learner's features (never a twin), the pool and the held-out images."""
+
+    twins: list[Path]
+    core_models: list[Path]
+    pool: StimulusPool
+    heldout: np.ndarray  # (H, 112, 112, 3) uint8
+
+    @classmethod
+    def load(cls, twins_dir: Path, pool_paths: list[Path], heldout_path: Path, features_dir: Path | None = None,
+             limit: int = 12, core_models: int = 4, heldout_limit: int = 300, seed: int = 0,
+             log=print) -> EfficiencyData:
+        """``limit`` twins of ``twins_dir`` and ``core_models`` of the other models (of
+        ``features_dir`` when given) drawn with ``seed``; the pools combined (each image once) and
+        the first ``heldout_limit`` held-out images, all at 112 px (the models' input)."""
+        from closedloop.stimuli.load import load_pool
+
+        twins, rest = twin_paths(Path(twins_dir), limit, seed)
+        if features_dir is not None:
+            rest = find_published(Path(features_dir))
+            if not rest:
+                raise ClosedLoopError(f"features {features_dir}: no compact models")
+            twin_names = {p.name for p in twins}
+            rest = [p for p in rest if p.name not in twin_names]  # a twin never makes the features
+            if not rest:
+                raise ClosedLoopError(f"features {features_dir}: every compact model in it is a twin")
+        chosen = np.random.default_rng(seed + 1).permutation(len(rest))[:core_models]
+        core_paths = [rest[i] for i in sorted(chosen)]
+        pool = distinct(load_pool(path, 112)[0] for path in pool_paths)
+        heldout, _ = load_pool(heldout_path, 112)
+        log(f"pool: {len(pool)} images; held-out: {min(heldout_limit, len(heldout))}; twins: {len(twins)}; "
+            f"core: {', '.join(p.stem for p in core_paths)}")
+        return cls(twins, core_paths, pool, heldout.images[:heldout_limit])
 
 
 def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path: Path, features_dir: Path | None = None,
@@ -416,25 +489,15 @@ def efficiency_from_paths(twins_dir: Path, pool_paths: list[Path], heldout_path:
                           seeds: int = 3, target: float | None = None, cache: Path | None = None,
                           seed: int = 0, log=print) -> EfficiencyReport:
     """:func:`run_efficiency` from files: twins, pool and held-out images, the core's models."""
-    from closedloop.stimuli.load import load_pool
-
-    twins, rest = twin_paths(Path(twins_dir), limit, seed)
-    if features_dir is not None:
-        rest = find_published(Path(features_dir))
-        if not rest:
-            raise ClosedLoopError(f"features {features_dir}: no compact models")
-        twin_names = {p.name for p in twins}
-        rest = [p for p in rest if p.name not in twin_names]  # a twin never makes the features
-        if not rest:
-            raise ClosedLoopError(f"features {features_dir}: every compact model in it is a twin")
-    chosen = np.random.default_rng(seed + 1).permutation(len(rest))[:core_models]
-    core_paths = [rest[i] for i in sorted(chosen)]
-    pool = distinct(load_pool(path, 112)[0] for path in pool_paths)
-    heldout, _ = load_pool(heldout_path, 112)
-    log(f"pool: {len(pool)} images; held-out: {min(heldout_limit, len(heldout))}; twins: {len(twins)}; "
-        f"core: {', '.join(p.stem for p in core_paths)}")
-    world = build_world(twins, pool, heldout.images[:heldout_limit], seed, cache, log)
+    data = EfficiencyData.load(twins_dir, pool_paths, heldout_path, features_dir, limit, core_models,
+                               heldout_limit, seed, log)
+    world = build_world(data.twins, data.pool, data.heldout, seed, cache, log)
     with tempfile.TemporaryDirectory(prefix="closedloop-core-") as folder:
-        core = CoreSpec(kind="compact", path=core_folder(core_paths, Path(folder)), layer="4")
+        core = CoreSpec(kind="compact", path=core_folder(data.core_models, Path(folder)), layer="4")
         return run_efficiency(world, core, arms or [], budget, seeds, target, log, batch=batch,
                               cache=None if cache is None else Path(cache) / "features")
+
+
+def parse_arms(text: str) -> list[Arm]:
+    """The ``--strategies`` text: ``;``-separated :meth:`Arm.parse` items."""
+    return [Arm.parse(item) for item in text.split(";") if item.strip()]

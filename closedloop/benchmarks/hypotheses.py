@@ -401,6 +401,30 @@ def twin_models(folder: Path, limit: int | None, seed: int) -> list[Path]:
     return [paths[i] for i in sorted(chosen)]
 
 
+def adaptive_budget(pool: StimulusPool, budget: int | None) -> int:
+    """An adaptive test's most responses on a twin: ``budget``, else the full design's over 5."""
+    return budget or FULL_REPEATS * len(pool) // 5
+
+
+def twin_run(twin: CompactNeuron, index: int, pool: StimulusPool, hypotheses: list[dict], threshold: float = 0.95,
+              budget: int = 100, batch: int = 4, particles: int = 300, seed: int = 0,
+              test: dict | None = None) -> TwinRun:
+    """The full fixed design and the adaptive test on one twin, the ``index``-th of its bench (the
+    index keys the twin's random streams, so a sweep's cell makes the bench's run); the arguments
+    are :func:`run_twin_bench`'s. A cell of ``closedloop sweep hypotheses --twins``."""
+    counts = population_counts([twin], pool, seed)[:, 0]  # each twin is calibrated on its own
+    full = _strategy(hypotheses, pool, threshold, None, particles, seed, test)
+    _full_design(full, counts, np.random.default_rng([seed, index, 4]))
+    adaptive = _strategy(hypotheses, pool, threshold, budget, particles, seed, test)
+    decided, trials = _test(adaptive, counts, "adaptive", pool, batch, np.random.default_rng([seed, index, 5]))
+    return TwinRun(twin.names[0], full.decided, full.state()["posterior"], decided, trials)
+
+
+def outcomes(hypotheses: Sequence[dict], test: dict | None = None) -> list[str]:
+    """The test's outcomes: the hypotheses' names, then "none fits" unless ``test`` turns it off."""
+    return make_strategy("hypothesis", {"neuron": UNIT, "hypotheses": list(hypotheses), **(test or {})}).names
+
+
 def run_twin_bench(folder: Path, pool: StimulusPool | None = None, limit: int | None = 6,
                    threshold: float = 0.95, budget: int | None = None, batch: int = 4, particles: int = 300,
                    seed: int = 0, hypotheses: list[dict] | None = None, test: dict | None = None,
@@ -432,21 +456,15 @@ def run_twin_bench(folder: Path, pool: StimulusPool | None = None, limit: int | 
     paths = twin_models(folder, limit, seed)
     pool = bench_pool(112) if pool is None else pool
     hypotheses = [dict(h) for h in hypotheses or DEFAULT_HYPOTHESES]
-    full_trials = FULL_REPEATS * len(pool)
-    budget = budget or full_trials // 5
-    twins = [CompactNeuron(path) for path in paths]
-    counts = population_counts(twins, pool, seed)
+    budget = adaptive_budget(pool, budget)
     runs = []
-    for n, twin in enumerate(twins):
-        full = _strategy(hypotheses, pool, threshold, None, particles, seed, test)
-        _full_design(full, counts[:, n], np.random.default_rng([seed, n, 4]))
-        adaptive = _strategy(hypotheses, pool, threshold, budget, particles, seed, test)
-        decided, trials = _test(adaptive, counts[:, n], "adaptive", pool, batch, np.random.default_rng([seed, n, 5]))
-        runs.append(TwinRun(twin.names[0], full.decided, full.state()["posterior"], decided, trials))
+    for n, path in enumerate(paths):
+        runs.append(twin_run(CompactNeuron(path), n, pool, hypotheses, threshold, budget, batch, particles, seed,
+                              test))
         if progress is not None:
             progress(runs[-1])
-    return TwinBenchResult(runs, full.names, len(pool), full_trials, threshold, budget,
-                           time.perf_counter() - started)
+    return TwinBenchResult(runs, outcomes(hypotheses, test), len(pool), FULL_REPEATS * len(pool), threshold,
+                           budget, time.perf_counter() - started)
 
 
 def format_twin_bench(result: TwinBenchResult) -> str:
@@ -470,3 +488,12 @@ def write_json(result: HypothesisBenchResult | TwinBenchResult, path: Path) -> N
         Path(path).write_text(json.dumps(result.to_json(), indent=1) + "\n")
     except OSError as exc:
         raise ClosedLoopError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
+
+
+def load_bench_pool(path: Path | None, twins: bool) -> StimulusPool:
+    """The pool of a bench: ``path`` (a stimulus set, saved pool or image folder) or :func:`bench_pool`,
+    at 112 px for twins (the models' input), else 64 px."""
+    from closedloop.stimuli.load import load_pool
+
+    size = 112 if twins else 64
+    return bench_pool(size) if path is None else load_pool(path, size)[0]

@@ -1,4 +1,10 @@
-"""The model worker: a separate process that learns and chooses, so presentation never waits.
+"""The model worker: learns and chooses off the presentation thread, so presentation never waits.
+
+The worker runs one loop (:func:`serve`) wherever it runs: in a child process of the session
+(:class:`ModelWorker`) or in a Ray actor on this machine or another host
+(:class:`closedloop.learn.remote.RayWorker`; the rig's ``[learner]`` table says which). The session
+talks to either through the same :class:`Worker` interface, whose ``send_response`` and
+``messages`` only touch local queues.
 
 The worker holds an :class:`~closedloop.learn.learner.OnlineLearner` and a
 :class:`~closedloop.select.policy.SelectionPolicy` (all selection rules live there) and talks to
@@ -21,8 +27,11 @@ step.
 
 The worker writes to the session directory, so presentation never waits on the disk: learner
 checkpoints to ``checkpoints/`` every ``[model] checkpoint_every`` trained-on responses
-(``learner-<responses>.pt``) and at the end (``learner-final.pt``); fine-tuned cores to
-``cores/`` (:func:`cores_folder`; ``finetune-<responses>.pt``), as they are made.
+(``learner-<responses>.pt``) and at the end (``learner-final.pt``, on disk before :class:`Stopped`);
+fine-tuned cores to ``cores/`` (:func:`cores_folder`; ``finetune-<responses>.pt``), as they are
+made. A Ray actor writes them on its own host and sends each file back before the message that
+follows it; the session's side writes it into the session directory (see
+:mod:`closedloop.learn.remote`), so the session directory ends up the same either way.
 
 Reproducibility contract
 ------------------------
@@ -54,6 +63,12 @@ pool indices) from its directory:
   and numpy's BLAS run ``[model] threads`` threads (1 by default: bitwise deterministic on CPU);
   a replay must use as many.
 
+* Where the worker ran does not matter: a process and a Ray actor run the same :func:`serve` on
+  the same messages, and a simulated rig's true rates a Ray actor reports were computed by the
+  session with the worker's thread settings (:func:`with_true_rates`). An actor on another host
+  computes the same sums as this one where its CPU and BLAS do (same threads, same
+  instruction set); a replay on such a host reproduces it.
+
 Not covered: ``turnaround_ms``, ``choose_ms`` and times (wall clock); and the model worker of a
 resumed session (``closedloop resume``) starts afresh on the recorded responses, so a replay
 reproduces each worker lifetime separately (each has its own :func:`cores_folder`).
@@ -62,6 +77,7 @@ reproduces each worker lifetime separately (each has its own :func:`cores_folder
 from __future__ import annotations
 
 import copy
+import dataclasses
 import multiprocessing as mp
 import queue
 import time
@@ -69,6 +85,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pylsl
@@ -82,6 +99,7 @@ from closedloop.select.strategies import SelectionContext, Strategy
 from closedloop.stimuli import StimulusPool, read_added, write_added
 
 ACCURACY_EVERY = 10  # responses between accuracy reports
+STOP_GRACE = 5.0  # s a stopped worker has to end by itself before it is ended
 CORES = "cores"  # the session's folder of fine-tuned cores
 PREDICTED_DECIMALS = 3  # a decision's predicted counts are logged to 0.001 spikes
 
@@ -161,7 +179,8 @@ class Choice:
         Refreshes swapped in so far; responses the current core and readout hyperparameters were
         fitted on.
     turnaround_ms : float
-        From the last response handed on (or the worker's start) to the decision, ms.
+        From the last response handed on (or the worker's start) to the decision, ms; a Ray
+        actor's, to the decision received back by the session (the hosts' clocks differ).
     choose_ms : float
         The strategy's own time, ms.
     added : Added or None
@@ -297,6 +316,9 @@ class WorkerConfig:
         The protocol's seed.
     truth : SimulationSpec, optional
         A simulated rig's neurons, for ground-truth accuracy.
+    truth_rates : ndarray, (units, heldout), optional
+        Their true rates on the held-out images, computed beforehand (:func:`with_true_rates`: a
+        worker on another host cannot read the neurons' model files); used instead of ``truth``.
     checkpoints : Path, optional
         Folder for learner checkpoints (None: none are written).
     added : Path, optional
@@ -318,6 +340,7 @@ class WorkerConfig:
     heldout: tuple[int, ...]
     seed: int
     truth: SimulationSpec | None = None
+    truth_rates: np.ndarray | None = field(default=None, repr=False)
     checkpoints: Path | None = None
     added: Path | None = None
     cores: Path | None = None
@@ -345,49 +368,68 @@ def correlations(predicted: np.ndarray, observed: np.ndarray) -> list[float | No
     return [float(v) if ok else None for v, ok in zip(r, defined)]
 
 
-class ModelWorker:
-    """Starts the worker process and talks to it through two queues.
+class Queue(Protocol):
+    """What the worker's loop needs of its inbox and outbox (``queue.Queue``, ``multiprocessing``'s
+    queues): ``get_nowait`` raises :class:`queue.Empty` when there is nothing."""
 
-    The process dies with the session's (even under SIGKILL) and ignores Ctrl-C: the session stops
-    it (see :mod:`closedloop.children`).
+    def get(self, block: bool = True, timeout: float | None = None) -> Any: ...
+
+    def get_nowait(self) -> Any: ...
+
+    def put(self, item: Any) -> None: ...
+
+
+class Worker:
+    """A model worker as the session sees it: a local inbox and outbox, wherever the worker runs.
+
+    ``send_response`` and ``messages`` only touch the local queues: they never wait on the worker.
+    Subclasses set ``inbox``, ``outbox`` and ``where`` and implement :meth:`_launch`, :meth:`gone`
+    and :meth:`terminate`.
+
+    Attributes
+    ----------
+    where : dict
+        Where the worker runs, as the session records it (``where``: ``process`` or ``ray``, and
+        details).
     """
 
-    def __init__(self, config: WorkerConfig):
-        ctx = mp.get_context("spawn")
-        self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        self.process = ctx.Process(target=_main, args=(config, self.inbox, self.outbox),
-                                   name="closedloop-model", daemon=True)
+    inbox: Queue
+    outbox: Queue
+    where: dict
 
     def start(self, timeout: float = 300.0) -> Ready:
-        """Start the process and wait (at most ``timeout`` s) until it has loaded the pool and the
+        """Start the worker and wait (at most ``timeout`` s) until it has loaded the pool and the
         learner.
 
         Raises
         ------
         ClosedLoopError
-            The worker failed or exited first, or did not get ready in time.
+            The worker failed or ended first, or did not get ready in time.
         """
         with sigint_shielded():
-            self.process.start()
+            self._launch()
         deadline = time.monotonic() + timeout
         while True:
             try:
                 message = self.outbox.get(timeout=0.5)
                 break
             except queue.Empty:
-                if not self.process.is_alive():
-                    raise ClosedLoopError(f"model worker exited with status {self.process.exitcode} "
-                                          "before it was ready") from None
+                if (gone := self.gone()) is not None:
+                    raise ClosedLoopError(f"{gone} before it was ready") from None
                 if time.monotonic() > deadline:
                     raise ClosedLoopError(f"model worker not ready after {timeout:g} s") from None
         if isinstance(message, Error):
             raise ClosedLoopError(f"model worker failed: {message.line}")
         return message
 
+    def is_alive(self) -> bool:
+        """Whether the worker still runs."""
+        return self.gone() is None
+
     def check_alive(self) -> None:
-        """Raise ClosedLoopError (with its exit status) if the process has ended."""
-        if self.process.exitcode is not None:
-            raise ClosedLoopError(f"model worker exited with status {self.process.exitcode}")
+        """Raise ClosedLoopError (one line: why) if the worker no longer runs."""
+        if (gone := self.gone()) is not None:
+            raise ClosedLoopError(gone)
 
     def send_response(self, pool_index: int, counts: np.ndarray, heldout: bool, completed_at: float) -> None:
         """Hand on a response (``completed_at``: now, s, LSL clock)."""
@@ -403,7 +445,8 @@ class ModelWorker:
                 return out
 
     def stop(self, timeout: float = 30.0) -> list[Message]:
-        """Ask the worker to finish (waiting at most ``timeout`` s); returns its last messages."""
+        """Ask the worker to finish (waiting at most ``timeout`` s), then end it; returns its last
+        messages."""
         self.inbox.put(Stop())
         out = []
         deadline = time.monotonic() + timeout
@@ -411,18 +454,57 @@ class ModelWorker:
             try:
                 message = self.outbox.get(timeout=0.5)
             except queue.Empty:
-                if not self.process.is_alive():
+                if not self.is_alive():
+                    out.extend(self.messages())  # what it said just before it ended
                     break
                 continue
             out.append(message)
             if isinstance(message, (Stopped, Error)):
                 break
-        self.process.join(timeout=5.0)
-        self.terminate()
+        self.terminate(grace=STOP_GRACE)
         return out
 
-    def terminate(self) -> None:
-        """End the process now if it still runs (SIGTERM, then SIGKILL after 5 s)."""
+    def _launch(self) -> None:
+        """Start the worker (in the main thread: children it starts ignore Ctrl-C)."""
+        raise NotImplementedError
+
+    def gone(self) -> str | None:
+        """Why the worker no longer runs, in one line; None while it runs."""
+        raise NotImplementedError
+
+    def terminate(self, grace: float = 0.0) -> None:
+        """End the worker now if it still runs, after ``grace`` s to end by itself."""
+        raise NotImplementedError
+
+
+class ModelWorker(Worker):
+    """The worker in a child process, fed through two ``multiprocessing`` queues.
+
+    The process dies with the session's (even under SIGKILL) and ignores Ctrl-C: the session stops
+    it (see :mod:`closedloop.children`).
+    """
+
+    def __init__(self, config: WorkerConfig):
+        ctx = mp.get_context("spawn")
+        self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
+        self.process = ctx.Process(target=_main, args=(config, self.inbox, self.outbox),
+                                   name="closedloop-model", daemon=True)
+        self.where = {"where": "process"}
+
+    def _launch(self) -> None:
+        self.process.start()
+        self.where = {"where": "process", "pid": self.process.pid}
+
+    def gone(self) -> str | None:
+        """``model worker exited with status <code>`` once the process has ended."""
+        code = self.process.exitcode
+        return None if code is None else f"model worker exited with status {code}"
+
+    def terminate(self, grace: float = 0.0) -> None:
+        """End the process if it still runs: ``grace`` s to exit by itself, then SIGTERM, then
+        SIGKILL after 5 s."""
+        if self.process.is_alive():
+            self.process.join(timeout=grace)
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(timeout=5.0)
@@ -453,9 +535,7 @@ class WorkerState:
 
         torch.set_num_threads(config.model.threads)
         self.config = config
-        self.pool = StimulusPool.load(config.pool_path)
-        if config.added is not None:  # a resumed session: what a strategy added before
-            read_added(config.added, self.pool)
+        self.pool = _pool(config)
         self.learner = OnlineLearner(self.pool.images, len(config.units), config.model, config.seed,
                                      background=background, store=config.cores, recorded=config.recorded)
         self.heldout = np.array(config.heldout)
@@ -469,7 +549,8 @@ class WorkerState:
         self.trained = 0  # trained-on responses handed over (learned, or about to be)
         self.since_report = 0  # responses since the last accuracy report
         self.compared = 0  # learner comparisons sent so far
-        self.truth = _true_rates(config.truth, self.pool.images, self.heldout) if config.truth else None
+        self.truth = config.truth_rates if config.truth_rates is not None else \
+            _true_rates(config.truth, self.pool.images, self.heldout) if config.truth else None
         self.on_decision: Callable[[SelectionContext, Choice], None] | None = None  # sees every choice made
 
     def begin(self, send: Send) -> None:
@@ -526,10 +607,12 @@ class WorkerState:
         self.learner.refresh()
 
     def finish(self, send: Send) -> None:
-        """The last accuracy report (:class:`Stopped`) and checkpoint; stops the refreshes."""
-        send(Stopped(self.accuracy()))
+        """The last checkpoint, the refreshes stopped (a fine-tuned core in the making is kept), then
+        the last accuracy report (:class:`Stopped`): every file is written before it."""
+        accuracy = self.accuracy()
         self.checkpoint(final=True)
         self.learner.close()
+        send(Stopped(accuracy))
 
     def add_heldout(self, pool_index: int, counts: np.ndarray) -> None:
         """A held-out response: kept for the accuracy reports and the learner's core comparisons."""
@@ -593,6 +676,33 @@ class WorkerState:
                         None if self.truth is None else correlations(predicted, self.truth))
 
 
+def _pool(config: WorkerConfig) -> StimulusPool:
+    """The session's pool as the worker sees it: ``stimuli.npz`` and, on a resumed session, what a
+    strategy added before."""
+    pool = StimulusPool.load(config.pool_path)
+    if config.added is not None:
+        read_added(config.added, pool)
+    return pool
+
+
+def with_true_rates(config: WorkerConfig) -> WorkerConfig:
+    """``config`` with a simulated rig's true rates on the held-out images computed here, as the
+    worker would (the same pool, ``[model] threads`` threads: the same numbers), and ``truth``
+    dropped: for a worker on another host, which cannot read the neurons' model files."""
+    if config.truth is None:
+        return config
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.model.threads)
+    try:
+        with threadpool_limits(config.model.threads):
+            rates = _true_rates(config.truth, _pool(config).images, np.array(config.heldout))
+    finally:
+        torch.set_num_threads(threads)
+    return dataclasses.replace(config, truth=None, truth_rates=rates)
+
+
 def _true_rates(simulation: SimulationSpec, pool: np.ndarray, index: np.ndarray) -> np.ndarray:
     """A simulated rig's true driven rates (units, images) on ``pool[index]``.
 
@@ -603,9 +713,10 @@ def _true_rates(simulation: SimulationSpec, pool: np.ndarray, index: np.ndarray)
     return Population(build_neurons(simulation), simulation, pool).rates(pool[index]).T
 
 
-def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
-    die_with_parent(mp.parent_process().pid)
-    ignore_sigint()  # the session stops this process
+def serve(config: WorkerConfig, inbox: Queue, outbox: Queue) -> None:
+    """The worker's loop, wherever it runs (its process's or actor's own): load the pool and the
+    learner, then learn each batch of responses until :class:`Stop`; every message goes to
+    ``outbox`` as soon as it is ready, an error as one :class:`Error` last."""
     try:
         threadpool_limits(config.model.threads)  # numpy's BLAS too: oversubscribed, it is many times slower
         state = WorkerState(config)
@@ -627,3 +738,10 @@ def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
         outbox.put(Error(str(exc)))
     except Exception:  # reported to the session, which logs it and stops
         outbox.put(Error(traceback.format_exc(limit=3)))
+
+
+def _main(config: WorkerConfig, inbox: mp.Queue, outbox: mp.Queue) -> None:
+    """The child process of :class:`ModelWorker`."""
+    die_with_parent(mp.parent_process().pid)
+    ignore_sigint()  # the session stops this process
+    serve(config, inbox, outbox)

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from closedloop.align.windows import ResponseAligner
 from closedloop.errors import ClosedLoopError
 from closedloop.learn.worker import (ACCURACY_EVERY, Accuracy, Choice, Message, Response, Stopped, WorkerConfig,
                                      WorkerState, cores_folder)
+from closedloop.record.session import ADDED
 from closedloop.replay.sources import ReplaySource
 from closedloop.replay.twin import Twin
 from closedloop.select.registry import make_strategy
@@ -63,6 +65,15 @@ class Cadence:
     every: int
     refresh_every: int
     accuracy_every: int = ACCURACY_EVERY
+
+    @classmethod
+    def of(cls, source: ReplaySource, every: int | None, refresh_every: int,
+           accuracy_every: int = ACCURACY_EVERY) -> Cadence | None:
+        """The pacing asked for; None (the recorded decisions) when ``every`` is None and ``source``
+        logged decisions; a recording without them is paced by its protocol's ``selection.batch``."""
+        if every is None and not source.selections:
+            every = source.protocol.selection.batch
+        return None if every is None else cls(every, refresh_every, accuracy_every)
 
 
 def align(source: ReplaySource) -> list[dict]:
@@ -233,11 +244,13 @@ def replay(source: ReplaySource, out: Path, strategy: str | None = None, seed: i
         pool_path = out / "stimuli.npz"
         source.pool.save(pool_path)
     session_seed = protocol.protocol.seed
+    added = out / ADDED  # what the replay's strategy synthesises: a resumed lifetime starts with it, as live
+    shutil.rmtree(added, ignore_errors=True)
     config = WorkerConfig(pool_path=pool_path, units=tuple(units), model=protocol.model,
                           selection=protocol.selection,
                           strategy=make_strategy(protocol.selection.strategy, protocol.selection.params),
                           candidates=tuple(source.candidates.tolist()), heldout=tuple(source.heldout.tolist()),
-                          seed=session_seed if seed is None else seed, truth=source.truth,
+                          seed=session_seed if seed is None else seed, truth=source.truth, added=added,
                           accuracy_every=cadence.accuracy_every if cadence else ACCURACY_EVERY)
     # The session's fine-tuned cores, when the replay would make the same ones.
     session = source.source if recorded and source.source.is_dir() and config.seed == session_seed else None

@@ -166,6 +166,13 @@ def write_added(folder: Path | str, pool: StimulusPool, start: int) -> Path:
     return path
 
 
+def first_added(folder: Path | str) -> int | None:
+    """The pool index of the first stimulus :func:`write_added` saved in ``folder`` (the size of the
+    pool the session started with); None when none was."""
+    starts = [int(path.stem) for path in Path(folder).glob("*.npz") if path.stem.isdigit()]
+    return min(starts, default=None)
+
+
 def read_added(folder: Path | str, pool: StimulusPool) -> int:
     """Append to ``pool`` the stimuli saved by :func:`write_added` that follow its end, in order;
     returns how many were added."""
