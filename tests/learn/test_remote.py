@@ -166,7 +166,6 @@ def test_a_session_resumed_with_its_learner_on_ray_gets_what_it_learned_and_made
     result = CliRunner().invoke(main, ["replay", str(path), "--out", str(tmp_path / "replay")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "replay" / "replay.json").read_text())
-    import shutil; shutil.copytree(path, "/tmp/dbg_session", dirs_exist_ok=True); shutil.copytree(tmp_path / "replay", "/tmp/dbg_replay", dirs_exist_ok=True)
     assert report["reproduced"] == report["logged_decisions"] == len(record.selections)
 
 
