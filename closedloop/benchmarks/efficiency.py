@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from closedloop.config import CoreSpec, ModelSpec, NeuronSpec, SimulationSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.learn import OnlineLearner
 from closedloop.model.compact import find_published
+from closedloop.record.atomic import replacing
 from closedloop.select.policy import SelectionPolicy
 from closedloop.select.registry import make_strategy, strategy_params
 from closedloop.simulate.neurons import CompactNeuron, Population
@@ -98,9 +98,8 @@ def _cached(cache: Path | None, key: str, compute) -> np.ndarray:
         return np.load(path)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")  # cells on one machine share the cache
-    np.save(partial, value)
-    partial.replace(path)
+    with replacing(path) as temporary:  # cells on one machine share the cache: never half a file
+        np.save(temporary, value)
     return value
 
 

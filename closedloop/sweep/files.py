@@ -4,11 +4,11 @@ cluster, shared folder or not."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from closedloop.errors import ClosedLoopError
+from closedloop.record.atomic import write_atomic
 
 
 def digest(*parts: bytes) -> str:
@@ -52,7 +52,5 @@ class Files:
             if path.is_file() and path.stat().st_size == len(content):
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            partial.write_bytes(content)
-            partial.replace(path)
+            write_atomic(path, content)
         return folder

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from closedloop.errors import ClosedLoopError
+from closedloop.record.atomic import write_atomic
 
 JOURNAL = "results.jsonl"
 RESULTS = "results.json"
@@ -96,9 +97,7 @@ class Journal:
         data = {"updated": utc(time.time()), "done": sum(r["status"] == "done" for r in cells),
                 "failed": sum(r["status"] != "done" for r in cells), "cells": cells}
         path = self.out / RESULTS
-        partial = path.with_name(f".{RESULTS}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(data, indent=1, default=float) + "\n", encoding="utf-8")
-        partial.replace(path)
+        write_atomic(path, json.dumps(data, indent=1, default=float) + "\n")
         self._written = time.monotonic()
         return path
 
