@@ -1,166 +1,104 @@
-"""Distil and prune a multi-million-parameter teacher into a compact model (closedloop compress).
+"""The paper's compression on real V4 data: a teacher's neurons distilled and pruned to compact students.
 
-Without ``--teacher`` the bench builds one: a wide CNN (five convolutions, 48-96-192-384-512
-filters, then dense 25088 -> 128 -> 1; about 5.9 million parameters) fitted briefly to mimic a
-published compact model of a V4 neuron (``--twin``) on generated stimuli, so the teacher has
-V4-like tuning. It is written as ONNX (TorchScript when the export fails) and read back with
-``load_model``, as any teacher file would be. The student is then distilled from the teacher's
-responses to augmented images of the pool (generated stimuli, or ``--images``), pruned layer by
-layer (the kept filters explain >= 90 % of each layer's output variance) and retrained.
+Runs ``closedloop teacher distil``'s own code path (:func:`closedloop.distil.students.distil_session`:
+pool, teacher responses, shared student, one Ray task per neuron) on some neurons of a session
+and prints, per neuron and as medians, the pruned student against its baseline measured in the
+same run, the uncompressed student (the same student fine-tuned for that neuron, before
+pruning):
 
-Prints the teacher's parameters and its accuracy against the twin, the student's parameters
-before and after pruning, the compression ratio, held-out r and R^2 against the teacher, and the
-wall time of each part.
+- parameters, and the compression ratio against the teacher for both;
+- R^2 and r against the teacher on the session's held-out images (never trained on by the
+  teacher or the students);
+- r against the recorded responses on those images, beside the teacher's and the published
+  compact model's r;
+- the share of the teacher's explained variance the student keeps (r_student^2 / r_teacher^2,
+  both against recorded responses);
+- the wall time of each stage.
 
-    python bench/compression.py          # the built teacher: 2-3 min on 2 idle cores, ~8 min on busy ones
-    python bench/compression.py --teacher big.onnx --images stimuli/demo.toml
+    python bench/compression.py --teacher teacher.pt --data ../shared/v4 --session 190923
+    python bench/compression.py --teacher teacher.pt --data ../shared/v4 --session 201025 --neurons 0,1,2,3
+
+The teacher comes from ``closedloop teacher train --data ../shared/v4 --out teacher.pt`` (about an
+hour on two cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
-from closedloop.model.compress import (CompressConfig, accuracy, count_parameters, compress,
-                                       generated_images, resize_images)
-from closedloop.model.models import load_model, save_model
-from closedloop.stimuli.load import load_pool
-
-ROOT = Path(__file__).resolve().parent.parent
-TWIN = ROOT.parent / "shared" / "v4" / "compact_models" / "compact_model_190923_neuron10.pt"
-
-
-class WideTeacher(nn.Module):
-    """(B, 112, 112, 3) pixels 0-255 -> (B, 1): five conv + BN + ReLU layers, two dense layers."""
-
-    input_px = 112
-
-    def __init__(self, widths=(48, 96, 192, 384, 512), hidden: int = 128):
-        super().__init__()
-        layers, channels = [], 3
-        for i, width in enumerate(widths):
-            kernel, stride = (5, 2) if i == 0 else (3, 2 if i < 4 else 1)
-            layers += [nn.Conv2d(channels, width, kernel, stride, padding=kernel // 2, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            channels = width
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(7 * 7 * channels, hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).permute(0, 3, 1, 2) / 127.5 - 1.0
-        return self.head(self.features(x))
-
-
-def build_teacher(twin_path: Path, images: np.ndarray, steps: int, batch: int, out: Path,
-                  seed: int) -> tuple[Path, dict]:
-    """Fit a WideTeacher to the twin's responses on ``images``; write it; return its file and figures."""
-    twin = load_model(twin_path)
-    started = time.monotonic()
-    y = twin.predict(images, batch_size=64)[:, 0]
-    z = (y - y.mean()) / y.std()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(images))
-    held, fit = order[:len(images) // 10], order[len(images) // 10:]
-    torch.manual_seed(seed)
-    teacher = WideTeacher()
-    dense = teacher.head[1]  # Adam moves all 25088 x 128 weights at once: a smaller step for them
-    others = [p for p in teacher.parameters() if all(p is not q for q in dense.parameters())]
-    optimiser = torch.optim.Adam([{"params": others, "base": 1e-3},
-                                  {"params": list(dense.parameters()), "base": 1e-2 / dense.in_features ** 0.5}])
-    teacher.train()
-    target = torch.as_tensor(z, dtype=torch.float32)
-    losses = []
-    for step in range(steps):
-        for group in optimiser.param_groups:
-            group["lr"] = group["base"] * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / steps)))
-        idx = np.sort(rng.choice(fit, size=batch, replace=False))
-        x = torch.from_numpy(images[idx]).float()
-        flip = torch.rand(()) < 0.5  # the teacher sees flipped images too, as the student will
-        loss = F.mse_loss(teacher(x.flip(2) if flip else x)[:, 0], target[idx])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-        if (step + 1) % max(1, steps // 5) == 0:
-            print(f"  teacher fit: step {step + 1}/{steps}, loss {np.mean(losses[-max(1, steps // 5):]):.3f}, "
-                  f"{time.monotonic() - started:.0f} s", flush=True)
-    teacher.eval()
-    with torch.inference_mode():
-        predicted = torch.cat([teacher(torch.from_numpy(images[held[i:i + 64]]).float())[:, 0]
-                               for i in range(0, len(held), 64)]).numpy()
-    r, _ = accuracy(predicted, z[held])
-    path = out / "wide_teacher.onnx"
-    try:
-        from closedloop.model.export import export_onnx
-
-        export_onnx(teacher, path, input_px=112, name="wide-teacher")
-    except Exception as error:  # noqa: BLE001 - fall back to TorchScript
-        print(f"  ONNX export failed ({error}); writing TorchScript instead")
-        path = out / "wide_teacher.torchscript.pt"
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(teacher, torch.zeros(2, 112, 112, 3)), str(path))
-    return path, {"twin": twin.name, "twin_parameters": count_parameters(twin), "r_twin": r,
-                  "fit_images": len(fit), "held": len(held), "seconds": time.monotonic() - started}
+from closedloop.distil.students import DistilSettings, _student_config, distil_session
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", type=Path, default=None, help="teacher file (default: build one)")
-    parser.add_argument("--images", type=Path, default=None,
-                        help="image pool (.toml, .npz, folder/zip); default: --generate generated stimuli")
-    parser.add_argument("--generate", type=int, default=1200, help="generated stimuli when no --images")
-    parser.add_argument("--twin", type=Path, default=TWIN, help="published model the built teacher mimics")
-    parser.add_argument("--teacher-steps", type=int, default=80, help="minibatches fitting the built teacher")
-    defaults = CompressConfig()  # the settings of `closedloop compress`
-    for name in ("output", "filters", "threshold", "images_n", "steps", "prune_steps", "final_steps", "batch",
-                 "seed"):
-        value = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                            help=f"default {value}")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the teacher and student files")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True, type=Path, help="teacher file (closedloop teacher train)")
+    parser.add_argument("--data", required=True, type=Path, help="the sessions it was trained on")
+    parser.add_argument("--session", default="190923", help="whose neurons")
+    parser.add_argument("--neurons", default="0,1,2,3", help="which neurons (comma-separated; 'all')")
+    parser.add_argument("--budget", type=int, default=12_500, help="most parameters per student")
+    parser.add_argument("--shared-steps", type=int, default=DistilSettings().shared_steps)
+    parser.add_argument("--images-n", type=int, default=_student_config().images_n, help="pool after augmentation")
+    parser.add_argument("--workers", type=int, default=None, help="students at once (default: every core)")
+    parser.add_argument("--out", type=Path, default=None, help="keep the students here (default: a temp folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report")
     args = parser.parse_args()
+    neurons = None if args.neurons == "all" else [int(n) for n in args.neurons.split(",")]
+    settings = DistilSettings(student=replace(_student_config(), budget=args.budget, images_n=args.images_n),
+                              shared_steps=args.shared_steps)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch)
+        report = distil_session(args.teacher, args.data, args.session, out, settings, workers=args.workers,
+                                neurons=neurons, log=lambda line: print(f"  {line}", flush=True))
+    seconds = time.perf_counter() - started
+    print_report(report, seconds)
+    if args.json:
+        args.json.write_text(json.dumps({**report, "seconds": seconds}, indent=1) + "\n")
 
-    wall = time.monotonic()
-    out = args.out or Path(tempfile.mkdtemp(prefix="closedloop-compression-"))
-    out.mkdir(parents=True, exist_ok=True)
-    if args.images:
-        pool = resize_images(load_pool(args.images)[0].images)
-    else:
-        pool = generated_images(args.generate, args.seed)
-    print(f"pool: {len(pool)} images ({args.images or 'generated'}); torch threads {torch.get_num_threads()}")
-    built = None
-    teacher_path = args.teacher
-    if teacher_path is None:
-        if not args.twin.exists():
-            raise SystemExit(f"no --teacher given and the twin {args.twin} is missing; pass --teacher or --twin")
-        print(f"building a teacher that mimics {args.twin.name} ...", flush=True)
-        fit_images = generated_images(args.generate, args.seed + 1)  # not the pool the student sees
-        teacher_path, built = build_teacher(args.twin, fit_images, args.teacher_steps, 32, out, args.seed)
-    teacher = load_model(teacher_path)
-    config = CompressConfig(filters=args.filters, threshold=args.threshold, output=args.output,
-                            images_n=args.images_n, steps=args.steps, prune_steps=args.prune_steps,
-                            final_steps=args.final_steps, batch=args.batch, seed=args.seed)
-    print(f"compressing {teacher_path} ({config}) ...", flush=True)
-    result = compress(teacher, pool, config, log=lambda line: print(f"  {line}", flush=True))
-    student_path = out / "student.pt"
-    save_model(result.student, student_path, name="student", metadata=result.metadata())
 
-    print()
-    if built:
-        print(f"teacher: wide CNN fitted in {built['seconds']:.0f} s to the published model {built['twin']} "
-              f"({built['twin_parameters']:,} parameters) on {built['fit_images']} other generated images; "
-              f"held-out r vs the twin {built['r_twin']:.3f} ({built['held']} images)")
-    print(result.report())
-    print(f"teacher file {teacher_path}; student file {student_path}")
-    print(f"total wall time {time.monotonic() - wall:.0f} s (compress {result.seconds:.0f} s)")
+def print_report(report: dict, seconds: float) -> None:
+    teacher = report["teacher_parameters"]
+    rows = [r for r in report["neurons"] if r["status"] == "done"]
+    header = ("neuron", "params", "ratio", "R2 vs T", "r vs T", "r rec", "share", "| base params", "ratio",
+              "R2 vs T", "r rec", "| teacher r", "published r")
+    table = [header]
+    for r in rows:
+        share = r["r_recorded"] ** 2 / r["teacher_r_recorded"] ** 2 if r["teacher_r_recorded"] > 0 else float("nan")
+        table.append((r["name"], f"{r['parameters']:,}", f"{teacher / r['parameters']:,.0f}x", f"{r['r2_teacher']:.3f}",
+                      f"{r['r_teacher']:.3f}", f"{r['r_recorded']:.3f}", f"{share:.2f}",
+                      f"| {r['parameters_unpruned']:,}", f"{teacher / r['parameters_unpruned']:,.0f}x",
+                      f"{r['r2_teacher_unpruned']:.3f}", f"{r['r_recorded_unpruned']:.3f}",
+                      f"| {r['teacher_r_recorded']:.3f}", "-" if r["published_r"] is None else f"{r['published_r']:.3f}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"\nteacher {report['teacher']}: {teacher:,} parameters; session {report['session']}, "
+          f"{report['heldout_images']} held-out images, pool of {report['pool_images']} images")
+    for row in table:
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    s = report["summary"]
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    print(f"\nmedians over {len(rows)} neurons ({s['failed']} failed):")
+    print(f"  pruned student:       {s['parameters']:,.0f} parameters ({s['ratio']:,.0f}x), R2 vs teacher "
+          f"{s['r2_teacher']:.3f}, r vs recorded {s['r_recorded']:.3f}, share of the teacher's explained variance "
+          f"{s['explained_share']:.2f}")
+    print(f"  uncompressed student: {median('parameters_unpruned'):,.0f} parameters "
+          f"({teacher / median('parameters_unpruned'):,.0f}x), R2 vs teacher {s['r2_teacher_unpruned']:.3f}, "
+          f"r vs recorded {s['r_recorded_unpruned']:.3f}")
+    print(f"  pruned / uncompressed parameters: {median('parameters_unpruned') / s['parameters']:.1f}x; "
+          f"R2 vs teacher ratio {s['r2_teacher'] / s['r2_teacher_unpruned']:.2f}")
+    published = s["published_r"]
+    print(f"  teacher r vs recorded {s['teacher_r_recorded']:.3f}; published compact models "
+          f"{'-' if published is None else f'{published:.3f}'}")
+    print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["stages"].items()) + f"; total {seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -495,11 +495,13 @@ def stimuli_show(set_path: Path, out: Path, size: int, columns: int, limit: int 
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(2), help="Images per minibatch.")
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam step size.")
+@click.option("--budget", default=None, type=click.IntRange(1000),
+              help="Most parameters the pruned student may keep (filters go, cheapest first, until it fits).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the split, augmentation and training.")
 def compress_command(teacher_path: Path, pool_path: Path | None, generate: int, output: int, out: Path | None,
                      filters: int, threshold: float, images_n: int, heldout: float, steps: int, prune_steps: int,
-                     final_steps: int, batch: int, lr: float, seed: int) -> None:
+                     final_steps: int, batch: int, lr: float, budget: int | None, seed: int) -> None:
     """Distil a teacher into a compact CNN, prune it filter by filter, retrain; print the figures."""
     import numpy as np
 
@@ -518,7 +520,7 @@ def compress_command(teacher_path: Path, pool_path: Path | None, generate: int, 
         names.append(f"{generate} generated")
     config = CompressConfig(filters=filters, threshold=threshold, output=output, images_n=images_n,
                             heldout=heldout, steps=steps, prune_steps=prune_steps, final_steps=final_steps,
-                            batch=batch, lr=lr, seed=seed)
+                            batch=batch, lr=lr, budget=budget, seed=seed)
     out = out or Path(f"{teacher_path.stem}.student.pt")
 
     def progress(line: str) -> None:
@@ -860,6 +862,11 @@ def core_group() -> None:
               help="Shared V4 folder: with --name N, reads sessions/images_N.zip and "
                    "sessions/responses_repeat_averaged_N.npy.")
 @click.option("--name", "names", multiple=True, help="A session of the --v4 folder (e.g. 190923); repeatable.")
+@click.option("--students", "student_folders", multiple=True, type=click.Path(path_type=Path),
+              help="A folder of compact students (`closedloop teacher distil`'s OUT/students) whose predicted "
+                   "counts on the --images pool are one more session; repeatable.")
+@click.option("--images", "images_path", default=None, type=click.Path(path_type=Path),
+              help="With --students: the pool they predict (a stimulus set, .npz, folder or zip of images).")
 @click.option("--channels", default="48,57,32,32,32", show_default=True,
               help="Filters of the core's five layers.")
 @click.option("--input-px", default=56, show_default=True, type=click.IntRange(16, 512),
@@ -876,13 +883,14 @@ def core_group() -> None:
 @click.option("--threads", default=None, type=click.IntRange(1), help="Torch threads (default: torch's).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the weights, split and minibatches.")
 def core_build(out: Path, session_paths: tuple[tuple[Path, Path], ...], v4_folder: Path | None,
-               names: tuple[str, ...], channels: str, input_px: int, grid: int, epochs: int, patience: int,
+               names: tuple[str, ...], student_folders: tuple[Path, ...], images_path: Path | None, channels: str, input_px: int, grid: int, epochs: int, patience: int,
                heldout: float, batch: int, lr: float, threads: int | None, seed: int) -> None:
-    """Train one shared compact core on recorded sessions and write it to OUT (a core file for
-    `[model.core] kind = "file"`)."""
+    """Train one shared compact core on recorded sessions (and students' predictions) and write it
+    to OUT (a core file for `[model.core] kind = "file"`)."""
     import torch
 
-    from closedloop.learn.build import build_core, parse_channels, read_session, v4_sessions
+    from closedloop.learn.build import build_core, parse_channels, students_session
+    from closedloop.model.recorded import read_session, v4_sessions
 
     try:
         filters = parse_channels(channels)
@@ -892,10 +900,13 @@ def core_build(out: Path, session_paths: tuple[tuple[Path, Path], ...], v4_folde
         raise click.UsageError("--name needs --v4 FOLDER")
     if v4_folder is not None and not names:
         raise click.UsageError("--v4 needs at least one --name SESSION")
+    if bool(student_folders) != (images_path is not None):
+        raise click.UsageError("--students and --images go together")
     given = [(images, responses, None) for images, responses in session_paths]
     given += v4_sessions(v4_folder, list(names)) if v4_folder is not None else []
-    if not given:
-        raise click.UsageError("give at least one --session IMAGES RESPONSES (or --v4 FOLDER --name N)")
+    if not given and not student_folders:
+        raise click.UsageError("give at least one --session IMAGES RESPONSES (or --v4 FOLDER --name N, or "
+                               "--students FOLDER --images POOL)")
     if threads is not None:
         torch.set_num_threads(threads)
     sessions = []
@@ -905,6 +916,15 @@ def core_build(out: Path, session_paths: tuple[tuple[Path, Path], ...], v4_folde
         console.print(f"session {session.name}: {session.neurons} neurons, {len(session.images)} images"
                       + (f" ({merged} repeated files merged)" if merged else ""))
         sessions.append(session)
+    if student_folders:
+        from closedloop.model.compress import resize_images
+        from closedloop.stimuli.load import load_pool
+
+        pool = resize_images(load_pool(images_path)[0].images)
+        for folder in student_folders:
+            session = students_session(folder, pool)
+            console.print(f"{session.name}: {session.neurons} students on {len(pool)} images")
+            sessions.append(session)
     provenance = build_core(sessions, out, filters, input_px, grid, epochs, patience, heldout, batch, lr,
                             seed=seed, log=console.print)
     click.echo(f"core written to {out}: held-out r {provenance['heldout_r']:.3f} "
@@ -983,3 +1003,7 @@ def report_command(sessions: tuple[Path, ...], out: Path | None) -> None:
 from closedloop.sweep.cli import sweep  # noqa: E402 - the sweep commands, registered last
 
 main.add_command(sweep)
+
+from closedloop.distil.cli import teacher  # noqa: E402 - the teacher commands
+
+main.add_command(teacher)

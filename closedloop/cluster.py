@@ -47,8 +47,9 @@ def connect(address: str | None = None, cpus: int | None = None) -> str:
     # Ray 2.60 announces its token authentication on every start: not the user's concern here
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
-        if address is None:
-            ray.init(address="local", num_cpus=cpus, **options)  # never a cluster found by chance
+        if address is None:  # never a cluster found by chance; workers at normal priority (Ray's default,
+            # nice 15, starves them on a machine that is busy with anything else)
+            ray.init(address="local", num_cpus=cpus, _system_config={"worker_niceness": 0}, **options)
         else:
             _probe(address)
             ray.init(address=address, **options)

@@ -469,9 +469,12 @@ class ModelSpec(Strict):
     steps_per_update: Annotated[int, Field(ge=1, le=100_000, description="fine-tuning minibatches")] = 100
     batch_size: Annotated[int, Field(ge=1, le=4096, description="fine-tuning responses per minibatch")] = 32
     threads: Annotated[int, Field(ge=1, le=256)] = 1
-    warm_start: Path | None = Field(None, description="a learner checkpoint to start from (e.g. the previous "
-                                    "session's checkpoints/learner-final.pt), relative to the protocol file; "
-                                    "same units and core")
+    warm_start: Path | None = Field(None, description="what the learner starts from, relative to the protocol "
+                                    "file: a learner checkpoint (e.g. the previous session's "
+                                    "checkpoints/learner-final.pt; same units and core), or image models with one "
+                                    "output per unit (a student of `closedloop teacher distil`, or a folder of "
+                                    "them, one per unit in natural order) that the readouts' prior mean is fitted "
+                                    "to")
     checkpoint_every: Annotated[int, Field(ge=0, le=MANY, description="responses between checkpoints in the "
                                            "session's checkpoints/ (0: only the final one)")] = 100
 

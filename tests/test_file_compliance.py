@@ -23,7 +23,7 @@ import torch
 from closedloop.config import CoreSpec
 from closedloop.errors import ClosedLoopError
 from closedloop.learn.build import describe
-from closedloop.learn.build import read_session as read_build_session
+from closedloop.model.recorded import read_session as read_build_session
 from closedloop.learn.cores import _network_core, read_core, save_core
 from closedloop.model.compact import CompactModel, load_published
 from closedloop.model.export import export_onnx

@@ -6,7 +6,9 @@ protocol) holds a compact CNN of the paper's architecture (:class:`CompactModel`
 on every session given at once:
 
 * **data**: per session the images shown (a zip or folder, in the order of the responses) and the
-  responses, (neurons, images) spike counts in the response window, averaged over repeats. Images
+  responses, (neurons, images) spike counts in the response window, averaged over repeats; or, for
+  a folder of compact students (:func:`students_session`), their predicted counts on an image pool
+  (a teacher's knowledge, distilled per neuron, passed on to the shared core). Images
   whose pixels are identical (a session that showed the same file under two names, e.g. 190925's
   0901-1200) are one image: their responses are averaged;
 * **targets**: counts are variance-stabilised (:func:`closedloop.learn.readout.stabilise`, the
@@ -29,10 +31,8 @@ settings, the epochs and a summary line.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,81 +43,23 @@ from torch.nn import functional as F
 from closedloop.errors import ClosedLoopError
 from closedloop.learn.readout import stabilise
 from closedloop.model.compact import CompactModel
-from closedloop.model.files import load_array
+from closedloop.model.recorded import Session
 
-IMAGE_PX = 112  # images are read at this side (the V4 sessions' own), then resized to input_px
 DEFAULT_CHANNELS = (48, 57, 32, 32, 32)
-V4_IMAGES, V4_RESPONSES = "images_{}.zip", "responses_repeat_averaged_{}.npy"
 
 
-@dataclass
-class Session:
-    """One recorded session, ready to train on.
+def students_session(folder: Path | str, images: np.ndarray, name: str | None = None) -> Session:
+    """A session made of models instead of recordings: the predicted spike counts of every compact
+    model in ``folder`` (students of ``closedloop teacher distil``, or published models), one
+    neuron each, on ``images`` (K, 112, 112, 3) uint8; negative predictions count as 0."""
+    from closedloop.model.compact import find_published, load_published, published_name
 
-    Attributes
-    ----------
-    name : str
-        For logs and the provenance.
-    images : ndarray, (K, 112, 112, 3) uint8
-        Distinct images.
-    responses : ndarray, (neurons, K) float64
-        Mean spike counts per image (duplicates merged).
-    sources : tuple of str
-        The images and responses files.
-    files : int
-        Image files read (``files - K`` were duplicates).
-    """
-
-    name: str
-    images: np.ndarray
-    responses: np.ndarray
-    sources: tuple[str, str]
-    files: int
-
-    @property
-    def neurons(self) -> int:
-        return self.responses.shape[0]
-
-
-def read_session(images_path: Path | str, responses_path: Path | str, name: str | None = None) -> Session:
-    """A session's images and repeat-averaged responses; one-line errors name the file at fault."""
-    from closedloop.stimuli.natural import load_images
-
-    images_path, responses_path = Path(images_path), Path(responses_path)
-    responses = load_array(responses_path, "responses file")
-    if responses.ndim != 2 or 0 in responses.shape:
-        raise ClosedLoopError(f"{responses_path}: expected (neurons, images) responses, found shape "
-                              f"{responses.shape}")
-    responses = responses.astype(np.float64)
-    bad = ~np.isfinite(responses)
-    if bad.any():
-        raise ClosedLoopError(f"{responses_path}: {int(bad.sum())} responses are not finite (NaN or inf)")
-    if (responses < 0).any():
-        raise ClosedLoopError(f"{responses_path}: responses must be spike counts >= 0 (found {responses.min():g})")
-    if not images_path.exists():
-        raise ClosedLoopError(f"{images_path}: images file not found")
-    loaded = [image for _, image in load_images(images_path, IMAGE_PX)]
-    if len(loaded) != responses.shape[1]:
-        raise ClosedLoopError(f"{responses_path}: {responses.shape[1]} images (columns), but {images_path} "
-                              f"has {len(loaded)} images")
-    keys = [hashlib.sha1(image.tobytes()).digest() for image in loaded]
-    first: dict[bytes, int] = {}  # each distinct image's number, in order of first appearance
-    group = np.array([first.setdefault(key, len(first)) for key in keys])
-    distinct = len(first)
-    images = np.stack([loaded[i] for i in np.unique(group, return_index=True)[1]])
-    sums = np.zeros((responses.shape[0], distinct))
-    np.add.at(sums.T, group, responses.T)
-    merged = sums / np.bincount(group, minlength=distinct)
-    return Session(name or images_path.stem, images, merged, (str(images_path), str(responses_path)), len(loaded))
-
-
-def v4_sessions(folder: Path | str, names: list[str]) -> list[tuple[Path, Path, str]]:
-    """``(images, responses, name)`` of sessions ``names`` in a shared-V4 folder (or its ``sessions/``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ClosedLoopError(f"{folder}: V4 data folder not found")
-    sessions = folder / "sessions" if (folder / "sessions").is_dir() else folder
-    return [(sessions / V4_IMAGES.format(n), sessions / V4_RESPONSES.format(n), n) for n in names]
+    paths = find_published(folder)
+    responses = np.stack([np.maximum(load_published(p).predict(images), 0.0) for p in paths])
+    label = name or f"students {Path(folder).name}"
+    return Session(label, np.asarray(images, np.uint8), responses,
+                   (f"{len(images)} images", f"{Path(folder)} ({', '.join(published_name(p) for p in paths[:3])}"
+                    f"{', ...' if len(paths) > 3 else ''})"), len(images))
 
 
 def parse_channels(text: str) -> tuple[int, ...]:

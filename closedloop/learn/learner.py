@@ -116,11 +116,14 @@ class OnlineLearner:
         self._images = np.asarray(images)
         self.posterior: Posterior | None = None
         self._prior_mean: np.ndarray | None = None  # the readouts' prior mean: a warm start's
-        if spec.warm_start is not None:
+        if spec.warm_start is not None and is_checkpoint(spec.warm_start):
             features = self._warm_start(spec.warm_start)
         else:
             self.projection, features = pool_features(self.core, images, spec.core.dims, seed, cache)
             self.posterior = Posterior.prior(self.projection.dims, units, ridge=float(self.projection.dims))
+            if spec.warm_start is not None:
+                self.posterior = self._model_prior(spec.warm_start, features)
+                self._prior_mean = self.posterior.M.copy()
         self._x = with_intercept(features)
         self._mu, self._v = self._pool_state(self._x, self.posterior)
         self._draw_rng = np.random.default_rng([seed, 2])
@@ -446,6 +449,16 @@ class OnlineLearner:
         self._prior_mean = self.posterior.M.copy()
         return self.features(self._images)
 
+    def _model_prior(self, path: Path, features: np.ndarray) -> Posterior:
+        """The readouts' starting posterior from image models (a student per unit): the evidence fit
+        of the pool's features to the models' predicted counts, stabilised, as if they had been
+        responses, so the learner starts out predicting what the models predict (as closely as its
+        core's features allow); its mean is also the prior mean of every later refit. The noise is
+        a real response's (1 on the stabilised scale), not the models' near-zero residual."""
+        predicted = warm_start_predictions(path, self._images, self.units)
+        posterior = fit(with_intercept(features).astype(np.float64), stabilise(np.maximum(predicted, 0.0)))
+        return Posterior(posterior.S, posterior.M, np.ones(self.units), posterior.ridge, 0)
+
     # ------------------------------------------------------------ internals --
     @staticmethod
     def _pool_state(x: np.ndarray, posterior: Posterior,
@@ -641,6 +654,44 @@ CHECKPOINT_TENSORS: dict[str, tuple[str, ...]] = {
     "posterior.noise": ("units",),
 }
 _MISSING = object()
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a learner checkpoint (else a warm start is read as image models)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() == ".onnx" or path.with_name(path.stem + ".nums_filters.npy").exists():
+        return False
+    try:
+        header = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file of ours: load_model says what it is
+        return False
+    return isinstance(header, dict) and header.get("format") == CHECKPOINT_FORMAT
+
+
+def warm_start_predictions(path: Path, images: np.ndarray, units: int) -> np.ndarray:
+    """Predicted counts (K, units) of the image models a warm start names: one file with an output
+    per unit, or a folder of models (published compact models, students), one per unit in natural
+    order. One-line errors name the file or folder."""
+    from closedloop.model.compact import find_published
+    from closedloop.model.models import load_model
+
+    path = Path(path)
+    if not path.exists():
+        raise ClosedLoopError(f"{path}: warm-start file not found")
+    if path.is_dir():
+        models = [load_model(p) for p in find_published(path)]
+    else:
+        try:
+            models = [load_model(path)]
+        except ClosedLoopError as error:
+            detail = str(error).removeprefix(f"{path}: ")
+            raise ClosedLoopError(f"{path}: not a closedloop learner checkpoint, nor an image model to start from "
+                                  f"({detail})") from None
+    outputs = sum(m.outputs for m in models)
+    if outputs != units:
+        raise ClosedLoopError(f"{path}: the warm-start models have {outputs} outputs, this session {units} units "
+                              "(one output per unit)")
+    return np.concatenate([m.predict(images).reshape(len(images), -1) for m in models], axis=1)
 
 
 def read_checkpoint(path: Path) -> dict:

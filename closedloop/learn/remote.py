@@ -94,11 +94,13 @@ def _moved(config: WorkerConfig, move: Callable[[Path], Path]) -> WorkerConfig:
 
 def _inputs(config: WorkerConfig, root: Path) -> dict[str, bytes]:
     """What the worker reads, by its place in the scratch folder: the pool, what was synthesised
-    before, the model's input files (a file, or every file in a folder); a path that does not exist
-    is left for the worker to report."""
+    before, the model's input files (a file and its siblings of the same stem, or every file in a
+    folder); a path that does not exist is left for the worker to report."""
     files = {}
     for path in filter(None, (config.pool_path, config.added, config.model.core.path, config.model.warm_start)):
-        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        # a file travels with its siblings of the same stem (a compact model's .nums_filters.npy)
+        for file in (sorted({path, *path.parent.glob(f"{path.stem}.*")}) if path.is_file()
+                     else sorted(p for p in path.rglob("*") if p.is_file())):
             files[str(_place(file, root))] = file.read_bytes()
     return files
 

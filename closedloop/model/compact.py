@@ -129,8 +129,10 @@ class CompactModel(nn.Module):
         return x
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:
-        """The dense readout ``Beta`` of :meth:`features`: (B, 28 * 28 * n4) -> (B,)."""
-        return self.layers["Beta"](features)[:, 0]
+        """The dense readout ``Beta`` of :meth:`features`: (B, 28 * 28 * n4) -> (B,); a readout of
+        several units (a shared student, :func:`closedloop.distil.students.shared_student`) -> (B, units)."""
+        out = self.layers["Beta"](features)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def _conv_bn_relu(self, x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d,
                       padding: int = 0) -> torch.Tensor:

@@ -65,6 +65,16 @@ pointwise bias (exact for constant outputs away from the image border); for
 layer 4 the removed filters' affine reconstruction from the kept ones is
 folded into the readout weights and bias (exact for the linear readout).
 
+The parameter budget
+--------------------
+With ``budget`` set, a student still larger than ``budget`` parameters after the threshold
+pass loses one filter at a time until it fits: for every layer, the best set of one filter
+fewer (greedy, as above) and the fraction of the layer's variance it leaves unexplained; the
+filter removed is the one with the least variance lost per parameter saved (a layer-4 filter
+saves its 784 readout weights, so the readout is usually cut first). The moments are measured
+again after each removal, the same compensation is applied, and the student is retrained
+(``final_steps``) afterwards.
+
 Parameters are counted as trainable tensors (``nn.Module.parameters()``;
 BatchNorm's running statistics excluded) for torch models, and as the
 elements of the float initializers (and Constant tensors) of an ONNX graph. Accuracy relative to
@@ -77,7 +87,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +136,8 @@ class CompressConfig:
         Training images whose activations rank a layer's filters.
     calibration_images : int
         Training images that set the BatchNorm statistics after training.
+    budget : int, optional
+        Most parameters the pruned student may have (see "The parameter budget").
     seed : int
         Seed of the split, the augmentation, the initialisation and the minibatches.
     """
@@ -142,6 +154,7 @@ class CompressConfig:
     lr: float = 2e-3
     prune_images: int = 128
     calibration_images: int = 256
+    budget: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -152,6 +165,7 @@ class CompressConfig:
             ("prune_steps", self.prune_steps >= 0), ("final_steps", self.final_steps >= 0),
             ("batch", self.batch >= 2), ("lr", self.lr > 0), ("prune_images", self.prune_images >= 1),
             ("calibration_images", self.calibration_images >= 2),
+            ("budget", self.budget is None or self.budget >= compact_parameters((1,) * LAYERS)),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -195,6 +209,10 @@ class CompressResult:
     pool_images: int
     seconds: float
     layers: list[LayerPruning] = field(default_factory=list)
+    heldout_before: np.ndarray | None = field(default=None, repr=False)
+    """The unpruned student's predictions on the held-out images (teacher's units)."""
+    heldout_after: np.ndarray | None = field(default=None, repr=False)
+    """The pruned student's predictions on the held-out images (teacher's units)."""
 
     @property
     def ratio(self) -> float | None:
@@ -412,7 +430,7 @@ def layer_moments(model: CompactModel, images: np.ndarray, layer: int) -> tuple[
     return mean.numpy(), ((cov + cov.T) / 2).numpy()
 
 
-def select_filters(cov: np.ndarray, threshold: float = 0.9) -> tuple[list[int], float]:
+def select_filters(cov: np.ndarray, threshold: float = 0.9, most: int | None = None) -> tuple[list[int], float]:
     """The greedy smallest set of filters that explains ``threshold`` of the variance.
 
     Parameters
@@ -421,6 +439,8 @@ def select_filters(cov: np.ndarray, threshold: float = 0.9) -> tuple[list[int], 
         (C, C) covariance of the layer's filters.
     threshold : float
         Fraction of ``trace(cov)`` to explain.
+    most : int, optional
+        Keep at most this many filters, even if they explain less.
 
     Returns
     -------
@@ -437,7 +457,8 @@ def select_filters(cov: np.ndarray, threshold: float = 0.9) -> tuple[list[int], 
     kept: list[int] = []
     explained = 0.0
     tiny = 1e-12 * total
-    while explained < threshold * total * (1 - 1e-12) and len(kept) < len(cov):
+    most = len(cov) if most is None else max(1, min(int(most), len(cov)))
+    while explained < threshold * total * (1 - 1e-12) and len(kept) < most:
         diag = np.diag(residual).copy()
         gains = np.where(diag > tiny, (residual ** 2).sum(axis=0) / np.maximum(diag, tiny), -np.inf)
         gains[kept] = -np.inf
@@ -545,6 +566,39 @@ def _affine_reconstruction(mean: np.ndarray, cov: np.ndarray, kept: list[int],
     coef = np.linalg.solve(s_kk + ridge * np.eye(len(kept)), s_dk.T).T
     offset = mean[dropped] - coef @ mean[kept]
     return coef, offset
+
+
+def compact_parameters(nums_filters: Sequence[int]) -> int:
+    """Trainable parameters of a compact model with these five filter counts (as ``count_parameters``)."""
+    n = [int(k) for k in nums_filters]
+    total = 3 * 25 * n[0] + 3 * n[0]  # full 5x5 convolution with bias, BatchNorm weight and bias
+    for i in range(1, LAYERS):
+        total += 25 * n[i - 1] + n[i - 1] * n[i] + 3 * n[i]  # depthwise, pointwise with bias, BatchNorm
+    return total + READOUT_PX * READOUT_PX * n[-1] + 1
+
+
+def prune_to_budget(model: CompactModel, images: np.ndarray, budget: int) -> int:
+    """Remove filters one at a time, the least variance lost per parameter saved first, until the
+    model has at most ``budget`` parameters (see "The parameter budget"); returns how many went."""
+    removed = 0
+    while compact_parameters(model.nums_filters) > budget:
+        best = None
+        for layer in range(LAYERS):
+            n = list(model.nums_filters)
+            if n[layer] <= 1:
+                continue
+            mean, cov = layer_moments(model, images, layer)
+            kept, explained = select_filters(cov, 1.0, most=n[layer] - 1)
+            saved = compact_parameters(n) - compact_parameters(n[:layer] + [n[layer] - 1] + n[layer + 1:])
+            cost = (1 - explained) / saved
+            if best is None or cost < best[0]:
+                best = (cost, layer, kept, mean, cov)
+        if best is None:
+            break  # one filter per layer: nothing left to remove
+        _, layer, kept, mean, cov = best
+        prune_layer(model, layer, kept, mean, cov)
+        removed += 1
+    return removed
 
 
 # ----------------------------------------------------------------------------- training --
@@ -682,7 +736,6 @@ def compress(teacher, images: np.ndarray, config: CompressConfig | None = None,
         images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
     teacher_targets(teacher, images[:2], config.output, where)  # fails fast: the output, image input
     rng = np.random.default_rng(config.seed)
-
     order = rng.permutation(len(images))
     n_held = min(len(images) - 2, max(2, int(round(config.heldout * len(images)))))
     held, pool_train = images[order[:n_held]], images[order[n_held:]]
@@ -693,50 +746,91 @@ def compress(teacher, images: np.ndarray, config: CompressConfig | None = None,
     say(f"teacher {getattr(teacher, 'name', '')}: responses to {len(train_images) + n_held} images")
     y_train = teacher_targets(teacher, train_images, config.output, where)
     y_held = teacher_targets(teacher, held, config.output, where)
+    result = distil(train_images, y_train, held, y_held, config, say, f"{where}: output {config.output}", rng)
+    return replace(result, teacher_name=getattr(teacher, "name", "teacher"),
+                   teacher_parameters=count_parameters(teacher), pool_images=len(images),
+                   seconds=time.monotonic() - started)
+
+
+def distil(train_images: np.ndarray, y_train: np.ndarray, held: np.ndarray, y_held: np.ndarray,
+           config: CompressConfig, log: Callable[[str], None] | None = None, where: str = "target",
+           rng: np.random.Generator | None = None, start: CompactModel | None = None) -> CompressResult:
+    """Distil targets into a compact student and prune it (steps 3 and 4 of :func:`compress`).
+
+    Parameters
+    ----------
+    train_images, held : np.ndarray
+        (N, 112, 112, 3) and (H, 112, 112, 3) uint8: images to train on and to judge on.
+    y_train, y_held : np.ndarray
+        (N,) and (H,) the teacher's responses to them.
+    config : CompressConfig
+        Settings (``output``, ``images_n`` and ``heldout`` are the caller's business).
+    log : callable, optional
+        One line per step of progress.
+    where : str
+        How an error names the targets.
+    rng : np.random.Generator, optional
+        Randomness (default: seeded from ``config.seed``).
+    start : CompactModel, optional
+        The student to start from (already trained on the z-scored targets, e.g. cut from a shared
+        student, :func:`closedloop.distil.students.shared_student`), instead of a fresh one with
+        ``config.filters`` filters; ``config.steps`` then fine-tune it. It is changed in place.
+
+    Returns
+    -------
+    CompressResult
+        With ``teacher_name`` "teacher" and no teacher parameter count (the caller knows them).
+    """
+    started = time.monotonic()
+    say = log or (lambda _: None)
+    rng = rng if rng is not None else np.random.default_rng(config.seed)
+    y_train, y_held = np.asarray(y_train, np.float64), np.asarray(y_held, np.float64)
     mu, sd = float(y_train.mean()), float(y_train.std())
     if not sd > 1e-12 * max(1.0, abs(mu)):
-        raise ClosedLoopError(f"{where}: output {config.output} is constant ({mu:.6g}) over the "
-                              f"{len(y_train)} training images; there is nothing to learn")
+        raise ClosedLoopError(f"{where} is constant ({mu:.6g}) over the {len(y_train)} training images; "
+                              f"there is nothing to learn")
     z_train = (y_train - mu) / sd
     calibration = train_images[np.sort(rng.permutation(len(train_images))[:config.calibration_images])]
     ranking = train_images[np.sort(rng.permutation(len(train_images))[:config.prune_images])]
 
-    def held_accuracy(model: CompactModel) -> tuple[float, float]:
-        return accuracy(predict(model, held) * sd + mu, y_held)
+    def retrain(student: CompactModel, steps: int, lr: float, label: str) -> None:
+        train(student, train_images, z_train, steps, config.batch, lr, rng, say, label)
+        recalibrate_batchnorm(student, calibration, config.batch)
 
-    student = new_student(config.filters, config.seed)
+    student = new_student(config.filters, config.seed) if start is None else start
     filters_before = student.nums_filters
     params_before = count_parameters(student)
     say(f"student {filters_before}: {params_before:,} parameters")
-    train(student, train_images, z_train, config.steps, config.batch, config.lr, rng, say, "distil")
-    recalibrate_batchnorm(student, calibration, config.batch)
-    r_before, r2_before = held_accuracy(student)
+    retrain(student, config.steps, config.lr, "distil")
+    before = predict(student, held) * sd + mu
+    r_before, r2_before = accuracy(before, y_held)
     say(f"distilled: held-out r {r_before:.3f}, R2 {r2_before:.3f}")
 
     prunings = []
     for layer in reversed(range(LAYERS)):
         mean, cov = layer_moments(student, ranking, layer)
         kept, explained = select_filters(cov, config.threshold)
-        before = student.nums_filters[layer]
+        count = student.nums_filters[layer]
         prune_layer(student, layer, kept, mean, cov)
-        prunings.append(LayerPruning(layer, before, kept, explained))
-        say(f"layer {layer}: {before} -> {len(kept)} filters ({explained:.3f} of the variance)")
-        train(student, train_images, z_train, config.prune_steps, config.batch, config.lr / 2, rng, say,
-              f"retrain after layer {layer}")
-        recalibrate_batchnorm(student, calibration, config.batch)
-    train(student, train_images, z_train, config.final_steps, config.batch, config.lr / 2, rng, say,
-          "final retrain")
-    recalibrate_batchnorm(student, calibration, config.batch)
+        prunings.append(LayerPruning(layer, count, kept, explained))
+        say(f"layer {layer}: {count} -> {len(kept)} filters ({explained:.3f} of the variance)")
+        retrain(student, config.prune_steps, config.lr / 2, f"retrain after layer {layer}")
+    if config.budget is not None and count_parameters(student) > config.budget:
+        removed = prune_to_budget(student, ranking, config.budget)
+        say(f"budget {config.budget:,}: removed {removed} more filters, now {student.nums_filters}, "
+            f"{count_parameters(student):,} parameters")
+    retrain(student, config.final_steps, config.lr / 2, "final retrain")
     fold_scale(student, sd, mu)
-    r_after, r2_after = accuracy(predict(student, held), y_held)
+    after = predict(student, held)
+    r_after, r2_after = accuracy(after, y_held)
     say(f"pruned {student.nums_filters}: held-out r {r_after:.3f}, R2 {r2_after:.3f}")
     return CompressResult(
-        student=student.eval(), teacher_name=getattr(teacher, "name", "teacher"), output=config.output,
-        teacher_parameters=count_parameters(teacher), parameters_before=params_before,
-        parameters_after=count_parameters(student), filters_before=filters_before,
+        student=student.eval(), teacher_name="teacher", output=config.output, teacher_parameters=None,
+        parameters_before=params_before, parameters_after=count_parameters(student), filters_before=filters_before,
         filters_after=student.nums_filters, r_before=r_before, r2_before=r2_before, r_after=r_after,
-        r2_after=r2_after, train_images=len(train_images), heldout_images=n_held, pool_images=len(images),
-        seconds=time.monotonic() - started, layers=prunings)
+        r2_after=r2_after, train_images=len(train_images), heldout_images=len(held),
+        pool_images=len(train_images) + len(held), seconds=time.monotonic() - started, layers=prunings,
+        heldout_before=before, heldout_after=after)
 
 
 def compress_file(teacher_path: str | Path, pool: np.ndarray, out: str | Path,

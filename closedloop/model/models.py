@@ -51,6 +51,7 @@ from torch.nn import functional as F
 from closedloop.errors import ClosedLoopError, one_line
 from closedloop.model.compact import CompactModel, check_state, load_published, published_name
 from closedloop.model.ensemble import CompactEnsemble
+from closedloop.model.teacher import Teacher, build_teacher, teacher_args
 from closedloop.model.files import check_finite
 
 if TYPE_CHECKING:
@@ -509,6 +510,7 @@ _KINDS: dict[str, _Kind] = {
                    + [int(layer.point.out_channels // m.members) for layer in m.layers]},
         lambda a: CompactEnsemble(a["neurons"], a["members"], a["input_px"], tuple(a["channels"])),
     ),
+    "teacher": _Kind(Teacher, teacher_args, build_teacher),
 }
 
 

@@ -101,12 +101,12 @@ class Journal:
         self._written = time.monotonic()
         return path
 
-    def write_files(self, cell: str, files: dict[str, str]) -> list[str]:
-        """A cell's files (name -> text) under ``cells/<cell>/``; their paths relative to the folder."""
+    def write_files(self, cell: str, files: dict[str, str | bytes]) -> list[str]:
+        """A cell's files (name -> text or bytes) under ``cells/<cell>/``; their paths relative to the folder."""
         folder = self.out / CELLS / cell
         folder.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (folder / name).write_text(text, encoding="utf-8")
+        for name, content in files.items():
+            write_atomic(folder / name, content)
         return [str(Path(CELLS) / cell / name) for name in files]
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from closedloop.errors import ClosedLoopError, one_line
 from closedloop.sweep.grid import cell_id
 from closedloop.sweep.journal import RESULTS, Journal, utc
 
-FILES = "_files"  # an output key: files (name -> text) the driver writes under OUT/cells/<id>/
+FILES = "_files"  # an output key: files (name -> text or bytes) the driver writes under OUT/cells/<id>/
 
 
 @dataclass

@@ -17,7 +17,8 @@ from PIL import Image
 from closedloop.cli import main
 from closedloop.config import CoreSpec, ModelSpec
 from closedloop.errors import ClosedLoopError
-from closedloop.learn.build import build_core, read_session, v4_sessions
+from closedloop.learn.build import build_core
+from closedloop.model.recorded import read_session, v4_sessions
 from closedloop.learn.cores import load_core, read_core
 from closedloop.learn.learner import OnlineLearner
 

@@ -1,0 +1,1 @@
+"""The paper's compression pipeline: a teacher's neurons distilled into compact students (``closedloop teacher``)."""
