@@ -242,7 +242,8 @@ def distil_session(teacher_path: Path | str, data: Path | str, session: str, out
     log : callable
         Progress lines.
     """
-    from closedloop.model.teacher_training import correlations, fingerprint, published_r
+    from closedloop.model.recorded import correlations
+    from closedloop.model.teacher_training import fingerprint, published_r
     from closedloop.record.atomic import write_atomic
     from closedloop.sweep.runner import Plan, run_sweep
 

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from closedloop.errors import ClosedLoopError
 from closedloop.learn.readout import stabilise
 from closedloop.model.compact import CompactModel
-from closedloop.model.recorded import Session
+from closedloop.model.recorded import Session, correlations
 
 DEFAULT_CHANNELS = (48, 57, 32, 32, 32)
 
@@ -104,9 +104,7 @@ def _resize(images: np.ndarray, px: int) -> torch.Tensor:
 
 def _mean_r(predicted: np.ndarray, observed: np.ndarray) -> tuple[float, np.ndarray]:
     """Per-neuron Pearson r of (B, neurons) arrays (nan where either is constant) and their mean."""
-    p, o = predicted - predicted.mean(0), observed - observed.mean(0)
-    denominator = np.sqrt((p * p).sum(0) * (o * o).sum(0))
-    r = np.where(denominator > 0, (p * o).sum(0) / np.where(denominator > 0, denominator, 1.0), np.nan)
+    r = correlations(predicted, observed)
     return (float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")), r
 
 

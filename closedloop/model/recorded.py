@@ -173,3 +173,10 @@ def noise_ceiling(trials: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         ceiling = 1 - np.nanmean(np.where(n > 1, noise, np.nan), axis=1) / total
     return np.where(total > 0, ceiling, np.nan)
+
+
+def correlations(predicted: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Per-column (per-neuron) Pearson r of two (B, n) arrays (NaN where either is constant)."""
+    p, o = predicted - predicted.mean(0), observed - observed.mean(0)
+    denominator = np.sqrt((p * p).sum(0) * (o * o).sum(0))
+    return np.where(denominator > 0, (p * o).sum(0) / np.where(denominator > 0, denominator, 1.0), np.nan)

@@ -45,7 +45,7 @@ import torch
 from torch.nn import functional as F
 
 from closedloop.errors import ClosedLoopError, one_line
-from closedloop.model.recorded import Session, find_sessions, heldout_split, noise_ceiling
+from closedloop.model.recorded import Session, correlations, find_sessions, heldout_split, noise_ceiling
 from closedloop.model.teacher import Teacher
 
 CHECKPOINT_FORMAT = "closedloop-teacher-checkpoint"
@@ -169,13 +169,6 @@ def predict_counts(model: Teacher, pixels: torch.Tensor, outputs: slice | None =
         parts = [model(pixels[i:i + EVAL_BATCH].float()) for i in range(0, len(pixels), EVAL_BATCH)]
     y = torch.cat(parts).double().numpy()
     return y if outputs is None else y[:, outputs]
-
-
-def correlations(predicted: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Per-column Pearson r of two (B, n) arrays (NaN where either is constant)."""
-    p, o = predicted - predicted.mean(0), observed - observed.mean(0)
-    denominator = np.sqrt((p * p).sum(0) * (o * o).sum(0))
-    return np.where(denominator > 0, (p * o).sum(0) / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
 def _mean(values) -> float | None:
